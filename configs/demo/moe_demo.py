@@ -1,0 +1,13 @@
+# The vanilla MoE baseline: damex_demo.py with a load-balancing loss instead
+# of the dataset-aware routing loss.
+_base_ = './damex_demo.py'
+
+model = dict(
+    routing_loss=dict(_delete_=True, type='LoadBalancingLoss',
+                      loss_weight=0.01),
+    dataset_to_expert=None)
+val_evaluator = [
+    dict(type='MixtureCocoMetric'),
+    dict(type='RoutingMetric')
+]
+test_evaluator = val_evaluator

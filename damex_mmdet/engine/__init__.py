@@ -1,0 +1,6 @@
+from .checkpoint import allow_mmengine_checkpoints
+from .hooks import *  # noqa: F401,F403
+
+allow_mmengine_checkpoints()
+
+__all__ = ['allow_mmengine_checkpoints']

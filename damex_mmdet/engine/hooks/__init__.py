@@ -1,0 +1,3 @@
+from .mixture_check_hook import MixtureCheckHook
+
+__all__ = ['MixtureCheckHook']

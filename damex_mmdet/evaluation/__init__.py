@@ -1,0 +1,3 @@
+from .metrics import MixtureCocoMetric, RoutingMetric
+
+__all__ = ['MixtureCocoMetric', 'RoutingMetric']

@@ -1,0 +1,3 @@
+from .damex import DAMEX
+
+__all__ = ['DAMEX']

@@ -1,0 +1,258 @@
+"""DAMEX: a DINO detector whose MoE layers learn dataset-aware routing."""
+from contextlib import ExitStack, contextmanager
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from mmdet.models.detectors import DINO
+from mmdet.registry import MODELS
+from mmdet.structures import SampleList
+from mmdet.utils import OptConfigType
+from torch import Tensor
+
+from ..layers import (MoEDeformableDetrTransformerEncoder, MoEDinoTransformerDecoder,
+                      MoEFFN)
+from ..losses import DAMEXLoss, LoadBalancingLoss
+
+DATASET_KEY = 'dataset'
+
+
+@MODELS.register_module()
+class DAMEX(DINO):
+    """DINO with Mixture-of-Experts FFNs and a routing loss.
+
+    With ``routing_loss=dict(type='DAMEXLoss')`` this is DAMEX: the gate of
+    every MoE layer is trained to send each token to the expert mapped to
+    its image's dataset (``dataset_to_expert``). With
+    ``routing_loss=dict(type='LoadBalancingLoss')`` it is the vanilla MoE
+    baseline. At test time the learned gate routes by itself; no dataset is
+    needed unless ``test_routing='dataset'`` (the oracle).
+
+    Every image's dataset is read from ``data_sample.metainfo['dataset']``,
+    which :class:`DatasetMixture` sets.
+
+    Args:
+        num_experts (int): Experts per MoE layer, independent of the number
+            of processes.
+        moe_layers (dict): ``encoder`` and ``decoder`` lists of the layer
+            indices whose FFN becomes an MoE. Defaults to the reference
+            placement, decoder layers 0, 2 and 4.
+        moe_cfg (dict, optional): Further :class:`MoEFFN` arguments
+            (``top_k``, ``gate_noise_std``, ``capacity_factor``, ...).
+        routing_loss (dict): :class:`DAMEXLoss` or :class:`LoadBalancingLoss`.
+        dataset_to_expert (dict, optional): Dataset name to expert index;
+            several datasets may share an expert. Required by DAMEXLoss and
+            by ``test_routing='dataset'``.
+        exclude_denoising_from_routing_loss (bool): Leave DINO's denoising
+            queries out of the routing loss. Defaults to False: they belong to
+            the image like every other query.
+        test_routing (str): ``'gate'`` (default, dataset unknown at test
+            time) or ``'dataset'`` (oracle: each image uses its dataset's
+            expert).
+    """
+
+    def __init__(self,
+                 *args,
+                 num_experts: int = 8,
+                 moe_layers: Mapping[str, Sequence[int]] = dict(
+                     encoder=(), decoder=(0, 2, 4)),
+                 moe_cfg: OptConfigType = None,
+                 routing_loss: OptConfigType = dict(
+                     type='DAMEXLoss', loss_weight=0.1),
+                 dataset_to_expert: Optional[Mapping[str, int]] = None,
+                 exclude_denoising_from_routing_loss: bool = False,
+                 test_routing: str = 'gate',
+                 **kwargs) -> None:
+        unknown_parts = set(moe_layers) - {'encoder', 'decoder'}
+        if unknown_parts:
+            raise ValueError(
+                f'model.moe_layers has keys {sorted(unknown_parts)}; only '
+                f"'encoder' and 'decoder' hold MoE layers.")
+        if test_routing not in ('gate', 'dataset'):
+            raise ValueError(
+                f"model.test_routing must be 'gate' or 'dataset', got "
+                f'{test_routing!r}.')
+        self.num_experts = num_experts
+        self.moe_layers = {part: tuple(moe_layers.get(part, ()))
+                           for part in ('encoder', 'decoder')}
+        self.moe_cfg = dict(moe_cfg or {}, num_experts=num_experts)
+        self.dataset_to_expert = self._checked_expert_map(
+            dataset_to_expert, num_experts)
+        self.exclude_denoising_from_routing_loss = (
+            exclude_denoising_from_routing_loss)
+        self.test_routing = test_routing
+        super().__init__(*args, **kwargs)
+        self.routing_loss = MODELS.build(routing_loss)
+        if (isinstance(self.routing_loss, DAMEXLoss)
+                or test_routing == 'dataset') and not self.dataset_to_expert:
+            raise ValueError(
+                'DAMEXLoss and test_routing="dataset" route by dataset: set '
+                'model.dataset_to_expert, e.g. dict(coco=0, voc07=0, '
+                'kitti=1).')
+        if not any(self.moe_layers.values()):
+            raise ValueError(
+                'model.moe_layers names no layer: DAMEX needs at least one '
+                'MoE layer (use type="DINO" for the dense baseline).')
+        self._encoder_padding_mask: Optional[Tensor] = None
+
+    @staticmethod
+    def _checked_expert_map(dataset_to_expert: Optional[Mapping[str, int]],
+                            num_experts: int) -> Dict[str, int]:
+        expert_map = dict(dataset_to_expert or {})
+        for name, expert in expert_map.items():
+            if not isinstance(expert, int) or not 0 <= expert < num_experts:
+                raise ValueError(
+                    f'model.dataset_to_expert maps dataset {name!r} to expert '
+                    f'{expert!r}, but the model has num_experts={num_experts}'
+                    f' (valid experts 0..{num_experts - 1}): raise '
+                    f'model.num_experts or fix the map.')
+        return expert_map
+
+    def _init_layers(self) -> None:
+        # DINO builds dense encoder/decoder from these configs; build them
+        # again with MoE layers so every other part stays DINO's own.
+        encoder_cfg, decoder_cfg = self.encoder, self.decoder
+        super()._init_layers()
+        self.encoder = MoEDeformableDetrTransformerEncoder(
+            **encoder_cfg,
+            moe_layers=self.moe_layers['encoder'],
+            moe_cfg=self.moe_cfg)
+        self.decoder = MoEDinoTransformerDecoder(
+            **decoder_cfg,
+            moe_layers=self.moe_layers['decoder'],
+            moe_cfg=self.moe_cfg)
+
+    def init_weights(self) -> None:
+        # DINO's init_weights applies xavier to every >1-dim transformer
+        # parameter, which would mis-initialise the stacked 3-D expert
+        # weights: give the MoE layers their own initialisation back.
+        super().init_weights()
+        for _, moe in self.named_moe_layers():
+            moe.reset_parameters()
+
+    def named_moe_layers(self) -> Iterator[Tuple[str, MoEFFN]]:
+        """Yield ``(name, module)`` of every MoE FFN, encoder first."""
+        for name, module in self.named_modules():
+            if isinstance(module, MoEFFN):
+                yield name, module
+
+    def check_datasets(self, dataset_names: Sequence[str]) -> None:
+        """Raise if a dataset of the data has no expert in the map."""
+        if not self.dataset_to_expert:
+            return
+        missing = [n for n in dataset_names if n not in self.dataset_to_expert]
+        if missing:
+            raise KeyError(
+                f'datasets {missing} have no expert in model.dataset_to_expert'
+                f' (it maps {sorted(self.dataset_to_expert)}): add them, e.g. '
+                f'dataset_to_expert=dict(..., {missing[0]}=0).')
+
+    def experts_of(self, batch_data_samples: SampleList,
+                   device: torch.device) -> Tensor:
+        """The expert mapped to each image's dataset.
+
+        Returns:
+            Tensor: Expert indices, shape (batch_size,), long.
+        """
+        experts = []
+        for sample in batch_data_samples:
+            name = sample.metainfo.get(DATASET_KEY)
+            if name is None:
+                raise KeyError(
+                    f'image {sample.metainfo.get("img_path")} has no '
+                    f'"{DATASET_KEY}" in its metainfo: wrap the datasets in '
+                    f'dict(type="DatasetMixture", ...), which tags every '
+                    f'image with its dataset.')
+            if name not in self.dataset_to_expert:
+                self.check_datasets([name])
+            experts.append(self.dataset_to_expert[name])
+        return torch.tensor(experts, dtype=torch.long, device=device)
+
+    def forward_encoder(self, feat: Tensor, feat_mask: Tensor, **kwargs) -> Dict:
+        # The routing loss and statistics must skip the encoder's padding
+        # tokens, whose mask only this step sees.
+        self._encoder_padding_mask = feat_mask
+        return super().forward_encoder(feat=feat, feat_mask=feat_mask, **kwargs)
+
+    def _counted_tokens(self, name: str, moe: MoEFFN) -> Tensor:
+        """Mask of the tokens routing losses and statistics count.
+
+        Returns:
+            Tensor: Bool, the MoE input's leading shape (batch, tokens).
+        """
+        batch, num_tokens = moe.last_gate_logits.shape[:2]
+        if name.startswith('encoder.'):
+            return ~self._encoder_padding_mask.bool()
+        counted = torch.ones(batch, num_tokens, dtype=torch.bool,
+                             device=moe.last_gate_logits.device)
+        if self.training and self.exclude_denoising_from_routing_loss:
+            # DINO puts the denoising queries first in the decoder input.
+            counted[:, :num_tokens - self.num_queries] = False
+        return counted
+
+    def loss(self, batch_inputs: Tensor,
+             batch_data_samples: SampleList) -> Dict[str, Tensor]:
+        experts = (self.experts_of(batch_data_samples, batch_inputs.device)
+                   if self.dataset_to_expert else None)
+        losses = super().loss(batch_inputs, batch_data_samples)
+        moe_layers = list(self.named_moe_layers())
+        logits = [moe.last_gate_logits for _, moe in moe_layers]
+        masks = [self._counted_tokens(name, moe) for name, moe in moe_layers]
+        if isinstance(self.routing_loss, DAMEXLoss):
+            # One target per token, in the tokens' own (batch, token) layout.
+            targets = [experts[:, None].expand(mask.shape) for mask in masks]
+            losses['loss_route'] = self.routing_loss(logits, targets, masks)
+        elif isinstance(self.routing_loss, LoadBalancingLoss):
+            indices = [moe.last_expert_indices for _, moe in moe_layers]
+            losses['loss_balance'] = self.routing_loss(logits, indices, masks)
+        else:
+            raise TypeError(
+                f'model.routing_loss must be DAMEXLoss or LoadBalancingLoss, '
+                f'got {type(self.routing_loss).__name__}.')
+        return losses
+
+    @contextmanager
+    def _test_routing(self, batch_data_samples: SampleList,
+                      device: torch.device):
+        with ExitStack() as stack:
+            if self.test_routing == 'dataset':
+                experts = self.experts_of(batch_data_samples, device)
+                for _, moe in self.named_moe_layers():
+                    stack.enter_context(moe.force_experts(experts))
+            yield
+
+    def predict(self,
+                batch_inputs: Tensor,
+                batch_data_samples: SampleList,
+                rescale: bool = True) -> SampleList:
+        """Predict as DINO does, and attach per-image routing counts.
+
+        Each returned sample gets ``routing_counts`` (Tensor, shape
+        (num_moe_layers, num_experts)): the counted tokens of that image
+        whose first choice was each expert, and metainfo ``moe_layers``
+        naming the rows.
+        """
+        with self._test_routing(batch_data_samples, batch_inputs.device):
+            batch_data_samples = super().predict(batch_inputs,
+                                                 batch_data_samples, rescale)
+        counts, names = self.routing_counts()
+        for sample, image_counts in zip(batch_data_samples, counts):
+            sample.routing_counts = image_counts
+            sample.set_metainfo(dict(moe_layers=names))
+        return batch_data_samples
+
+    def routing_counts(self) -> Tuple[Tensor, List[str]]:
+        """First-choice expert counts of the last forward, per image.
+
+        Returns:
+            tuple: counts (Tensor, shape (batch, num_moe_layers,
+            num_experts), long) and the MoE layer names.
+        """
+        names, per_layer = [], []
+        for name, moe in self.named_moe_layers():
+            counted = self._counted_tokens(name, moe)
+            first_choice = moe.last_expert_indices[..., 0]
+            one_hot = torch.nn.functional.one_hot(first_choice,
+                                                  self.num_experts)
+            per_layer.append((one_hot * counted[..., None]).sum(dim=1))
+            names.append(name)
+        return torch.stack(per_layer, dim=1).cpu(), names

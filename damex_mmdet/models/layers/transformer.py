@@ -1,0 +1,124 @@
+"""DINO transformer layers whose FFN is a Mixture-of-Experts.
+
+Only the construction differs from mmdet's layers: the forward passes are
+inherited unchanged, because :class:`MoEFFN` honours the call convention of
+mmcv's ``FFN`` (``ffn(query)`` returns ``query + expert_output``).
+"""
+from typing import Sequence
+
+from mmdet.models.layers import (DeformableDetrTransformerDecoderLayer,
+                                 DeformableDetrTransformerEncoder,
+                                 DeformableDetrTransformerEncoderLayer,
+                                 DinoTransformerDecoder)
+from mmdet.registry import MODELS
+from mmdet.utils import ConfigType
+
+from .moe import MoEFFN
+
+
+@MODELS.register_module()
+class MoEDeformableDetrTransformerEncoderLayer(
+        DeformableDetrTransformerEncoderLayer):
+    """Deformable DETR encoder layer with an MoE FFN.
+
+    Args:
+        moe_cfg (dict): Keyword arguments of :class:`MoEFFN` added to the
+            layer's ``ffn_cfg`` (``num_experts``, ``top_k``, ...).
+    """
+
+    def __init__(self, *args, moe_cfg: ConfigType, **kwargs) -> None:
+        self.moe_cfg = dict(moe_cfg)
+        super().__init__(*args, **kwargs)
+
+    def _init_layers(self) -> None:
+        super()._init_layers()
+        self.ffn = MoEFFN(**self.ffn_cfg, **self.moe_cfg)
+
+
+@MODELS.register_module()
+class MoEDeformableDetrTransformerDecoderLayer(
+        DeformableDetrTransformerDecoderLayer):
+    """Deformable DETR / DINO decoder layer with an MoE FFN.
+
+    Args:
+        moe_cfg (dict): Keyword arguments of :class:`MoEFFN` added to the
+            layer's ``ffn_cfg``.
+    """
+
+    def __init__(self, *args, moe_cfg: ConfigType, **kwargs) -> None:
+        self.moe_cfg = dict(moe_cfg)
+        super().__init__(*args, **kwargs)
+
+    def _init_layers(self) -> None:
+        super()._init_layers()
+        self.ffn = MoEFFN(**self.ffn_cfg, **self.moe_cfg)
+
+
+class _MoELayerPlacement:
+    """Swaps the layers at ``moe_layers`` for their MoE variant.
+
+    Shared by the encoder and the decoder, which build their dense layers in
+    mmdet's ``_init_layers``; the swap happens right after, so every other
+    part of their construction stays mmdet's.
+    """
+
+    moe_layer_type: type
+
+    def _place_moe_layers(self, moe_layers: Sequence[int],
+                          moe_cfg: ConfigType) -> None:
+        for index in moe_layers:
+            if not 0 <= index < self.num_layers:
+                raise ValueError(
+                    f'MoE layer index {index} does not exist in a '
+                    f'{type(self).__name__} of {self.num_layers} layers; '
+                    f'use indices in [0, {self.num_layers - 1}] in '
+                    f'model.moe_layers.')
+            self.layers[index] = self.moe_layer_type(
+                **self.layer_cfg, moe_cfg=moe_cfg)
+
+
+@MODELS.register_module()
+class MoEDeformableDetrTransformerEncoder(_MoELayerPlacement,
+                                          DeformableDetrTransformerEncoder):
+    """Deformable DETR encoder with MoE FFNs at the layers ``moe_layers``.
+
+    Args:
+        moe_layers (Sequence[int]): Indices of the layers whose FFN is an
+            MoE. Empty keeps the encoder dense.
+        moe_cfg (dict): Keyword arguments of :class:`MoEFFN`.
+    """
+
+    moe_layer_type = MoEDeformableDetrTransformerEncoderLayer
+
+    def __init__(self, *args, moe_layers: Sequence[int] = (),
+                 moe_cfg: ConfigType = None, **kwargs) -> None:
+        self.moe_layers = tuple(moe_layers)
+        self.moe_cfg = moe_cfg
+        super().__init__(*args, **kwargs)
+
+    def _init_layers(self) -> None:
+        super()._init_layers()
+        self._place_moe_layers(self.moe_layers, self.moe_cfg)
+
+
+@MODELS.register_module()
+class MoEDinoTransformerDecoder(_MoELayerPlacement, DinoTransformerDecoder):
+    """DINO decoder with MoE FFNs at the layers ``moe_layers``.
+
+    Args:
+        moe_layers (Sequence[int]): Indices of the layers whose FFN is an
+            MoE (the reference uses 0, 2 and 4).
+        moe_cfg (dict): Keyword arguments of :class:`MoEFFN`.
+    """
+
+    moe_layer_type = MoEDeformableDetrTransformerDecoderLayer
+
+    def __init__(self, *args, moe_layers: Sequence[int] = (),
+                 moe_cfg: ConfigType = None, **kwargs) -> None:
+        self.moe_layers = tuple(moe_layers)
+        self.moe_cfg = moe_cfg
+        super().__init__(*args, **kwargs)
+
+    def _init_layers(self) -> None:
+        super()._init_layers()
+        self._place_moe_layers(self.moe_layers, self.moe_cfg)
