@@ -1,0 +1,164 @@
+"""The demo mixture generator: determinism, valid COCO, mmdet loading, caching."""
+import hashlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from damex_mmdet.datasets.demo import DEMO_DATASETS, MANIFEST_NAME, generate_demo_mixture
+
+# Tiny splits keep the module fast; scan's 3 training images stay fewer than the others'.
+NUM_TRAIN = {'photo': 4, 'sketch': 4, 'aerial': 4, 'scan': 3}
+NUM_VAL = 2
+
+
+def generate(out_dir: Path, seed: int = 0) -> dict:
+    return generate_demo_mixture(out_dir, seed=seed, num_train=NUM_TRAIN, num_val=NUM_VAL,
+                                 progress=False)
+
+
+def file_digests(root: Path) -> dict:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob('*')) if path.is_file()
+    }
+
+
+@pytest.fixture(scope='module')
+def mixture(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp('demo_mixture')
+    return out_dir, generate(out_dir)
+
+
+def test_description_matches_specs(mixture):
+    out_dir, description = mixture
+    assert list(description) == [spec.name for spec in DEMO_DATASETS]
+    for spec in DEMO_DATASETS:
+        entry = description[spec.name]
+        assert entry['classes'] == spec.classes
+        assert entry['train']['num_images'] == NUM_TRAIN[spec.name]
+        assert entry['val']['num_images'] == NUM_VAL
+        for split in ('train', 'val'):
+            assert Path(entry[split]['ann_file']).is_file()
+            assert Path(entry[split]['img_prefix']).is_dir()
+    assert (out_dir / MANIFEST_NAME).is_file()
+
+
+def test_same_seed_gives_same_bytes_and_other_seed_differs(mixture, tmp_path):
+    out_dir, _ = mixture
+    generate(tmp_path / 'same')
+    generate(tmp_path / 'other', seed=1)
+    reference = file_digests(out_dir)
+    assert file_digests(tmp_path / 'same') == reference
+    other = file_digests(tmp_path / 'other')
+    assert other.keys() == reference.keys()
+    changed = [name for name in reference if name.endswith('.png')
+               and other[name] != reference[name]]
+    assert len(changed) == sum(name.endswith('.png') for name in reference)
+
+
+def test_splits_are_prefixes_of_larger_splits(mixture, tmp_path):
+    out_dir, _ = mixture
+    generate_demo_mixture(tmp_path, num_train=1, num_val=1, progress=False)
+    for spec in DEMO_DATASETS:
+        name = f'{spec.name}_train_0000.png'
+        relative = Path(spec.name, 'images', 'train', name)
+        assert (tmp_path / relative).read_bytes() == (out_dir / relative).read_bytes()
+
+
+def test_annotations_are_valid_coco(mixture):
+    _, description = mixture
+    for spec in DEMO_DATASETS:
+        height, width = spec.image_size
+        for split in ('train', 'val'):
+            coco = COCO(description[spec.name][split]['ann_file'])
+            categories = coco.loadCats(coco.getCatIds())
+            assert [(c['id'], c['name']) for c in categories] == list(
+                enumerate(spec.classes, start=1))
+            assert len(coco.getImgIds()) == description[spec.name][split]['num_images']
+            for image_id in coco.getImgIds():
+                image = coco.loadImgs(image_id)[0]
+                assert (image['height'], image['width']) == (height, width)
+                assert (Path(description[spec.name][split]['img_prefix']) /
+                        image['file_name']).is_file()
+                boxes = [ann['bbox'] for ann in coco.imgToAnns[image_id]]
+                assert spec.objects_per_image[0] <= len(boxes) <= spec.objects_per_image[1]
+                for x, y, w, h in boxes:
+                    assert w > 0 and h > 0
+                    assert x >= 0 and y >= 0 and x + w <= width and y + h <= height
+                assert max_pairwise_iou(boxes) <= spec.max_iou
+            for ann in coco.dataset['annotations']:
+                assert ann['iscrowd'] == 0
+                assert ann['area'] == pytest.approx(ann['bbox'][2] * ann['bbox'][3])
+
+
+def max_pairwise_iou(boxes) -> float:
+    worst = 0.0
+    for i, (ax, ay, aw, ah) in enumerate(boxes):
+        for bx, by, bw, bh in boxes[i + 1:]:
+            inter = (max(0.0, min(ax + aw, bx + bw) - max(ax, bx)) *
+                     max(0.0, min(ay + ah, by + bh) - max(ay, by)))
+            worst = max(worst, inter / (aw * ah + bw * bh - inter))
+    return worst
+
+
+def test_boxes_are_tight_on_the_painted_pixels(mixture):
+    """Sketch strokes are the only dark pixels on the paper: no ink lies outside the boxes,
+    and inside each box the clearly dark pixels reach within a pixel (the anti-aliased
+    fringe) of every edge."""
+    _, description = mixture
+    entry = description['sketch']['train']
+    coco = COCO(entry['ann_file'])
+    for image_id in coco.getImgIds():
+        info = coco.loadImgs(image_id)[0]
+        grey = cv2.imread(entry['img_prefix'] + info['file_name'], cv2.IMREAD_GRAYSCALE)
+        ink = grey < 180
+        inside = np.zeros_like(ink)
+        for ann in coco.imgToAnns[image_id]:
+            x, y, w, h = (int(v) for v in ann['bbox'])
+            rows = np.flatnonzero(ink[y:y + h, x:x + w].any(axis=1))
+            cols = np.flatnonzero(ink[y:y + h, x:x + w].any(axis=0))
+            assert rows[0] <= 1 and rows[-1] >= h - 2 and cols[0] <= 1 and cols[-1] >= w - 2
+            inside[y:y + h, x:x + w] = True
+        assert not (grey < 215)[~inside].any()
+
+
+def test_loads_with_mmdet_coco_dataset(mixture):
+    from mmdet.datasets import CocoDataset
+    _, description = mixture
+    for spec in DEMO_DATASETS:
+        split = description[spec.name]['train']
+        dataset = CocoDataset(ann_file=split['ann_file'], data_prefix=dict(img=split['img_prefix']),
+                              metainfo=dict(classes=spec.classes), pipeline=[],
+                              filter_cfg=None, test_mode=False)
+        assert len(dataset) == split['num_images']
+        infos = [dataset[i] for i in range(len(dataset))]
+        assert sum(len(info['instances']) for info in infos) == split['num_objects']
+        assert Path(infos[0]['img_path']).is_file()
+        labels = {inst['bbox_label'] for info in infos for inst in info['instances']}
+        assert labels <= set(range(len(spec.classes)))
+
+
+def test_rerun_reuses_files_and_new_counts_regenerate(tmp_path):
+    first = generate_demo_mixture(tmp_path, num_train=2, num_val=1, progress=False)
+    mtimes = {path: path.stat().st_mtime_ns for path in tmp_path.rglob('*') if path.is_file()}
+    assert generate_demo_mixture(tmp_path, num_train=2, num_val=1, progress=False) == first
+    assert {path: path.stat().st_mtime_ns for path in mtimes} == mtimes
+
+    fewer = {'photo': 2, 'sketch': 2, 'aerial': 2, 'scan': 1}
+    second = generate_demo_mixture(tmp_path, num_train=fewer, num_val=1, progress=False)
+    assert second['scan']['train']['num_images'] == 1
+    # The image left over from the larger split is removed, not kept as a stray file.
+    assert sorted(p.name for p in (tmp_path / 'scan' / 'images' / 'train').iterdir()) == [
+        'scan_train_0000.png']
+
+
+def test_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match='Unknown demo datasets'):
+        generate_demo_mixture(tmp_path, num_train={'coco': 3}, progress=False)
+    with pytest.raises(ValueError, match='positive int'):
+        generate_demo_mixture(tmp_path, num_val=0, progress=False)
+    with pytest.raises(ValueError, match='non-negative'):
+        generate_demo_mixture(tmp_path, seed=-1, progress=False)
