@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny generated mixture and the tiny DAMEX config."""
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / 'shared'
+TINY_CONFIG = REPO_ROOT / 'configs' / 'tiny' / 'damex_tiny.py'
+
+
+@pytest.fixture(scope='session')
+def tiny_mixture(tmp_path_factory):
+    """A small demo mixture on disk (8 train / 4 val images per dataset)."""
+    from damex_mmdet.datasets.demo import generate_demo_mixture
+    root = tmp_path_factory.mktemp('tiny_mixture')
+    generate_demo_mixture(root, seed=0, num_train=8, num_val=4,
+                          progress=False)
+    return root
+
+
+def point_at_mixture(cfg: Config, root: Path) -> Config:
+    """Redirect every mixture entry of ``cfg`` to the mixture at ``root``."""
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        for entry in cfg[loader].dataset.datasets:
+            entry.data_root = f'{root}/{entry.name}/'
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tiny_mixture, tmp_path):
+    """The tiny DAMEX config on the tiny mixture, writing into tmp_path."""
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.work_dir = str(tmp_path / 'work_dir')
+    return point_at_mixture(cfg, tiny_mixture)
