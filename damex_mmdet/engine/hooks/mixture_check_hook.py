@@ -12,9 +12,10 @@ class MixtureCheckHook(Hook):
 
     A head with the wrong ``num_classes`` would train on out-of-range labels
     or waste logits, and a dataset without an expert would fail mid-epoch;
-    both are caught here with the value to set. It also checks that the
-    validation mixture uses the training mixture's label space, since
-    unified labels are only comparable within one space.
+    both are caught here with the value to set. It also checks that every
+    dataset of the validation mixture has the unified labels it has in
+    training (the val mixture may leave datasets out, as UODB tests VOC12's
+    block on VOC07 only), since predictions are in the training space.
     """
 
     priority = 'VERY_HIGH'
@@ -24,11 +25,33 @@ class MixtureCheckHook(Hook):
                                   'train_dataloader')
         if runner.val_loop is not None and train_space is not None:
             val_space = self._label_space(runner.val_loop.dataloader.dataset)
-            if val_space is not None and val_space != train_space:
+            if val_space is not None:
+                self._check_compatible(train_space, val_space)
+
+    @staticmethod
+    def _check_compatible(train_space: UnifiedLabelSpace,
+                          val_space: UnifiedLabelSpace) -> None:
+        for name in val_space.dataset_names:
+            if name not in train_space.dataset_names:
                 raise ValueError(
-                    f'the val mixture\'s label space {val_space} differs from '
-                    f'the training one {train_space}: list the same datasets '
-                    f'in the same order, with the same classes, in both.')
+                    f'the val mixture has dataset {name!r}, which the model '
+                    f'is not trained on ({train_space.dataset_names}): its '
+                    f'classes have no logits. Drop it from val_dataloader or '
+                    f'add it to train_dataloader.')
+            local = list(range(len(val_space.classes_of(name))))
+            if (train_space.classes_of(name) != val_space.classes_of(name)
+                    or train_space.to_unified(name, local)
+                    != val_space.to_unified(name, local)):
+                raise ValueError(
+                    f'dataset {name!r} has other unified labels in the val '
+                    f'mixture than in training: keep the datasets in the '
+                    f'same order, with the same classes, in both mixtures.')
+        if val_space.num_classes != train_space.num_classes:
+            raise ValueError(
+                f'the val mixture has {val_space.num_classes} unified classes '
+                f'and the training mixture {train_space.num_classes}: list '
+                f'the same datasets in both (datasets that only train may '
+                f'stay out of val only when they share a block).')
 
     def before_val(self, runner) -> None:
         self._check(runner, runner.val_loop.dataloader.dataset,
@@ -52,12 +75,8 @@ class MixtureCheckHook(Hook):
         model = runner.model.module if is_model_wrapper(
             runner.model) else runner.model
         head = getattr(model, 'bbox_head', None)
-        if head is not None and head.num_classes != space.num_classes:
-            raise ValueError(
-                f'model.bbox_head.num_classes={head.num_classes}, but the '
-                f'{where} mixture has {space.num_classes} unified classes '
-                f'({", ".join(space.dataset_names)}): set '
-                f'model.bbox_head.num_classes={space.num_classes}.')
+        if head is not None:
+            space.check_num_classes(head.num_classes)
         if hasattr(model, 'check_datasets'):
             model.check_datasets(space.dataset_names)
         return space

@@ -1,0 +1,39 @@
+# Dense DINO (ResNet-50, 4 scales, 900 queries) on the 11 UODB datasets: the
+# baseline of DAMEX. damex_udb.py and moe_udb.py change only the model.
+_base_ = [
+    'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
+    './_base_/datasets/uodb.py'
+]
+custom_imports = dict(imports=['damex_mmdet'], allow_failed_imports=False)
+
+model = dict(bbox_head=dict(num_classes=167))
+
+train_dataloader = dict(
+    sampler=dict(_delete_=True, type='MixtureSampler', mode='proportional'),
+    dataset=dict(
+        _delete_=True,
+        type='DatasetMixture',
+        datasets={{_base_.uodb_train_datasets}},
+        label_space={{_base_.uodb_train_label_space}},
+        pipeline={{_base_.train_pipeline}}))
+val_dataloader = dict(
+    dataset=dict(
+        _delete_=True,
+        type='DatasetMixture',
+        datasets={{_base_.uodb_test_datasets}},
+        pipeline={{_base_.test_pipeline}},
+        test_mode=True))
+test_dataloader = val_dataloader
+val_evaluator = dict(_delete_=True, type='MixtureCocoMetric')
+test_evaluator = val_evaluator
+
+# The reference trains 36 epochs (lr drop at 33) on 8 GPUs x 1 image.
+max_epochs = 36
+train_cfg = dict(max_epochs=max_epochs)
+param_scheduler = [
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True,
+         milestones=[33], gamma=0.1)
+]
+default_hooks = dict(
+    checkpoint=dict(save_best='mixture/mean/AP', rule='greater'))
+custom_hooks = [dict(type='MixtureCheckHook')]
