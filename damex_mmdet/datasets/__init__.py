@@ -1,5 +1,9 @@
 from .label_space import UnifiedLabelSpace
 from .mixture import DatasetMixture
 from .samplers import MixtureSampler
+from .tolerant_voc import TolerantVOCDataset
 
-__all__ = ['UnifiedLabelSpace', 'DatasetMixture', 'MixtureSampler']
+__all__ = [
+    'UnifiedLabelSpace', 'DatasetMixture', 'MixtureSampler',
+    'TolerantVOCDataset'
+]

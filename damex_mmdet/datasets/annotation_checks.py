@@ -10,7 +10,7 @@ warnings (boxes that cannot be trained on).
 import json
 import os.path as osp
 from collections import Counter
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from mmengine.logging import print_log
 
@@ -41,8 +41,14 @@ def load_coco_json(ann_file: str, dataset: str) -> dict:
     return content
 
 
+class CocoCheck(NamedTuple):
+    """What :func:`check_coco_annotations` found."""
+    classes: Tuple[str, ...]
+    dropped_boxes: Dict[str, int]
+
+
 def check_coco_annotations(ann_file: str, dataset: str,
-                           classes: Optional[Sequence[str]]) -> Tuple[str, ...]:
+                           classes: Optional[Sequence[str]]) -> CocoCheck:
     """Validate a COCO detection file for use in a mixture.
 
     Args:
@@ -52,7 +58,8 @@ def check_coco_annotations(ann_file: str, dataset: str,
             takes every category of the file, in the file's order.
 
     Returns:
-        tuple[str]: The classes, in the order of their labels.
+        CocoCheck: The classes, in the order of their labels, and the number
+        of boxes mmdet will drop, by reason.
     """
     content = load_coco_json(ann_file, dataset)
     images, annotations = content['images'], content['annotations']
@@ -106,7 +113,7 @@ def check_coco_annotations(ann_file: str, dataset: str,
         print_log(f'dataset {dataset!r} ({ann_file}): dropping {details} '
                   f'of {len(annotations)} boxes.', logger='current',
                   level=30)
-    return tuple(classes)
+    return CocoCheck(tuple(classes), dict(dropped))
 
 
 def _count_untrainable_boxes(annotations: List[dict], image_sizes: dict,

@@ -64,6 +64,9 @@ class DatasetMixture(Dataset):
         self.test_mode = test_mode
         self.max_refetch = max_refetch
         self.datasets: List[BaseDetDataset] = []
+        # Boxes mmdet will skip (degenerate or outside the image), by dataset
+        # and reason; also logged.
+        self.dropped_boxes: Dict[str, Dict[str, int]] = {}
         self._pipelines: List[Compose] = []
         self._fully_initialized = False
         if not lazy_init:
@@ -133,9 +136,11 @@ class DatasetMixture(Dataset):
             if entry.get('data_root') and not osp.isabs(ann_file):
                 ann_file = osp.join(entry['data_root'], ann_file)
             metainfo = dict(entry.get('metainfo') or {})
-            metainfo['classes'] = check_coco_annotations(
-                ann_file, name, metainfo.get('classes'))
+            check = check_coco_annotations(ann_file, name,
+                                           metainfo.get('classes'))
+            metainfo['classes'] = check.classes
             entry['metainfo'] = metainfo
+            self.dropped_boxes[name] = check.dropped_boxes
         # The mixture runs the pipeline itself so it can map labels before
         # and tag the packed sample after it.
         entry.update(pipeline=[], test_mode=self.test_mode)
