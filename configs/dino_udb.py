@@ -35,5 +35,6 @@ param_scheduler = [
          milestones=[33], gamma=0.1)
 ]
 default_hooks = dict(
-    checkpoint=dict(save_best='mixture/mean/AP', rule='greater'))
-custom_hooks = [dict(type='MixtureCheckHook')]
+    checkpoint=dict(save_best='mixture/mean/AP', rule='greater',
+                    backend_args=dict(backend='atomic_local')))
+custom_hooks = [dict(type='MixtureCheckHook'), dict(type='FiniteLossHook')]

@@ -93,7 +93,8 @@ optim_wrapper = dict(
 default_hooks = dict(
     logger=dict(interval=50),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1,
-                    save_best='mixture/mean/AP50', rule='greater'))
-custom_hooks = [dict(type='MixtureCheckHook')]
+                    save_best='mixture/mean/AP50', rule='greater',
+                    backend_args=dict(backend='atomic_local')))
+custom_hooks = [dict(type='MixtureCheckHook'), dict(type='FiniteLossHook')]
 log_processor = dict(by_epoch=False)
 auto_scale_lr = dict(enable=False)

@@ -1,6 +1,7 @@
+from .atomic_local_backend import AtomicLocalBackend
 from .checkpoint import allow_mmengine_checkpoints
 from .hooks import *  # noqa: F401,F403
 
 allow_mmengine_checkpoints()
 
-__all__ = ['allow_mmengine_checkpoints']
+__all__ = ['AtomicLocalBackend', 'allow_mmengine_checkpoints']
