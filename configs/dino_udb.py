@@ -37,4 +37,8 @@ param_scheduler = [
 default_hooks = dict(
     checkpoint=dict(save_best='mixture/mean/AP', rule='greater',
                     backend_args=dict(backend='atomic_local')))
-custom_hooks = [dict(type='MixtureCheckHook'), dict(type='FiniteLossHook')]
+custom_hooks = [
+    dict(type='MixtureCheckHook'),
+    dict(type='FiniteLossHook'),
+    dict(type='RNGStateHook')
+]

@@ -95,6 +95,10 @@ default_hooks = dict(
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1,
                     save_best='mixture/mean/AP50', rule='greater',
                     backend_args=dict(backend='atomic_local')))
-custom_hooks = [dict(type='MixtureCheckHook'), dict(type='FiniteLossHook')]
+custom_hooks = [
+    dict(type='MixtureCheckHook'),
+    dict(type='FiniteLossHook'),
+    dict(type='RNGStateHook')
+]
 log_processor = dict(by_epoch=False)
 auto_scale_lr = dict(enable=False)

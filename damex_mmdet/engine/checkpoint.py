@@ -31,10 +31,15 @@ def _history_buffer_statistic(owner, name: str):
 
 
 def mmengine_checkpoint_globals() -> list:
-    """The non-tensor globals mmengine writes into checkpoints."""
+    """The non-tensor globals mmengine writes into checkpoints.
+
+    Besides the message hub's HistoryBuffers these are numpy arrays and
+    scalars of plain numeric dtypes (metrics, and the numpy RNG state that
+    :class:`RNGStateHook` stores).
+    """
     numpy_dtypes = {type(np.dtype(t)) for t in (
-        np.float64, np.float32, np.float16, np.int64, np.int32, np.int8,
-        np.uint8, np.bool_)}
+        np.float64, np.float32, np.float16, np.int64, np.int32, np.int16,
+        np.int8, np.uint64, np.uint32, np.uint16, np.uint8, np.bool_)}
     return [
         HistoryBuffer,
         (_history_buffer_statistic, 'builtins.getattr'),
