@@ -101,4 +101,9 @@ custom_hooks = [
     dict(type='RNGStateHook')
 ]
 log_processor = dict(by_epoch=False)
+# device_ids=None lets DDP wrap CPU models too (mmengine passes the local
+# rank, which only CUDA models accept); for `--launcher pytorch` on CPU.
+model_wrapper_cfg = dict(
+    type='MMDistributedDataParallel', device_ids=None,
+    broadcast_buffers=False)
 auto_scale_lr = dict(enable=False)

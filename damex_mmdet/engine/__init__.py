@@ -1,7 +1,11 @@
 from .atomic_local_backend import AtomicLocalBackend
 from .checkpoint import allow_mmengine_checkpoints
+from .cpu_distributed import init_cpu_process_group
 from .hooks import *  # noqa: F401,F403
 
 allow_mmengine_checkpoints()
 
-__all__ = ['AtomicLocalBackend', 'allow_mmengine_checkpoints']
+__all__ = [
+    'AtomicLocalBackend', 'allow_mmengine_checkpoints',
+    'init_cpu_process_group'
+]

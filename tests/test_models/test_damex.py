@@ -202,3 +202,32 @@ def test_vanilla_moe_reports_loss_balance(model_cfg):
     losses = model.loss(inputs, samples)
     assert 'loss_balance' in losses and 'loss_route' not in losses
     assert isinstance(model, DAMEX)
+
+
+def test_padded_denoising_queries_do_not_count(model_cfg):
+    model = build(model_cfg)
+    inputs, samples = make_batch(['photo', 'sketch'])
+    samples[1].gt_instances = InstanceData(
+        bboxes=torch.tensor([[4., 4., 20., 20.], [30., 30., 60., 60.],
+                             [10., 40., 30., 60.]]),
+        labels=torch.tensor([0, 1, 2]))
+    losses = model.loss(inputs, samples)
+    name, moe = next(model.named_moe_layers())
+    counted = model._counted_tokens(name, moe, samples)
+    num_denoising = counted.shape[1] - model.num_queries
+    # Groups of 3 slots: image 0 fills 1 of each, image 1 all 3.
+    assert counted[1].all()
+    assert counted[0, :num_denoising].sum() == num_denoising // 3
+    assert counted[0, :3].tolist() == [True, False, False]
+    experts = torch.tensor([0, 1])
+    # DAMEXLoss averages over the counted tokens of the batch.
+    weights = counted.sum(dim=1).float()
+    expected = []
+    for _, layer in model.named_moe_layers():
+        logits = layer.last_gate_logits
+        per_image = torch.stack([F.cross_entropy(
+            logits[b][counted[b]], experts[b].expand(int(counted[b].sum())),
+            reduction='sum') for b in range(2)])
+        expected.append(per_image.sum() / weights.sum())
+    torch.testing.assert_close(losses['loss_route'],
+                               0.1 * torch.stack(expected).mean())

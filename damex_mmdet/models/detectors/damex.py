@@ -173,8 +173,13 @@ class DAMEX(DINO):
         self._encoder_padding_mask = feat_mask
         return super().forward_encoder(feat=feat, feat_mask=feat_mask, **kwargs)
 
-    def _counted_tokens(self, name: str, moe: MoEFFN) -> Tensor:
+    def _counted_tokens(self, name: str, moe: MoEFFN,
+                        batch_data_samples: SampleList) -> Tensor:
         """Mask of the tokens routing losses and statistics count.
+
+        Padding tokens never count: the encoder's padded feature positions,
+        and in training the denoising queries DINO pads every image's groups
+        with up to the batch's largest number of boxes.
 
         Returns:
             Tensor: Bool, the MoE input's leading shape (batch, tokens).
@@ -182,11 +187,22 @@ class DAMEX(DINO):
         batch, num_tokens = moe.last_gate_logits.shape[:2]
         if name.startswith('encoder.'):
             return ~self._encoder_padding_mask.bool()
+        device = moe.last_gate_logits.device
         counted = torch.ones(batch, num_tokens, dtype=torch.bool,
-                             device=moe.last_gate_logits.device)
-        if self.training and self.exclude_denoising_from_routing_loss:
-            # DINO puts the denoising queries first in the decoder input.
-            counted[:, :num_tokens - self.num_queries] = False
+                             device=device)
+        num_denoising = num_tokens - self.num_queries
+        if num_denoising <= 0:
+            return counted
+        if self.exclude_denoising_from_routing_loss:
+            counted[:, :num_denoising] = False
+            return counted
+        # DINO puts the denoising queries first, in groups of `max_boxes`
+        # slots of which image b fills its first n_b.
+        boxes = torch.tensor([len(s.gt_instances) for s in batch_data_samples],
+                             device=device)
+        slot = torch.arange(num_denoising, device=device)
+        counted[:, :num_denoising] = (
+            slot[None] % boxes.max().clamp(min=1) < boxes[:, None])
         return counted
 
     def loss(self, batch_inputs: Tensor,
@@ -196,7 +212,8 @@ class DAMEX(DINO):
         losses = super().loss(batch_inputs, batch_data_samples)
         moe_layers = list(self.named_moe_layers())
         logits = [moe.last_gate_logits for _, moe in moe_layers]
-        masks = [self._counted_tokens(name, moe) for name, moe in moe_layers]
+        masks = [self._counted_tokens(name, moe, batch_data_samples)
+                 for name, moe in moe_layers]
         if isinstance(self.routing_loss, DAMEXLoss):
             # One target per token, in the tokens' own (batch, token) layout.
             targets = [experts[:, None].expand(mask.shape) for mask in masks]
@@ -234,13 +251,14 @@ class DAMEX(DINO):
         with self._test_routing(batch_data_samples, batch_inputs.device):
             batch_data_samples = super().predict(batch_inputs,
                                                  batch_data_samples, rescale)
-        counts, names = self.routing_counts()
+        counts, names = self.routing_counts(batch_data_samples)
         for sample, image_counts in zip(batch_data_samples, counts):
             sample.routing_counts = image_counts
             sample.set_metainfo(dict(moe_layers=names))
         return batch_data_samples
 
-    def routing_counts(self) -> Tuple[Tensor, List[str]]:
+    def routing_counts(self, batch_data_samples: SampleList
+                       ) -> Tuple[Tensor, List[str]]:
         """First-choice expert counts of the last forward, per image.
 
         Returns:
@@ -249,7 +267,7 @@ class DAMEX(DINO):
         """
         names, per_layer = [], []
         for name, moe in self.named_moe_layers():
-            counted = self._counted_tokens(name, moe)
+            counted = self._counted_tokens(name, moe, batch_data_samples)
             first_choice = moe.last_expert_indices[..., 0]
             one_hot = torch.nn.functional.one_hot(first_choice,
                                                   self.num_experts)

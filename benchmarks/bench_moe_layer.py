@@ -1,0 +1,166 @@
+"""Time MoEFFN against a dense mmcv FFN of the same width (forward, forward+backward).
+
+Dense and MoE runs are interleaved round by round, so slow drifts of a shared machine hit
+both alike; each entry is the median over the rounds. Forward is timed under no_grad,
+forward+backward with autograd (gradient of ``out.sum()``). The dense FFN gets the tokens
+flattened to (T, D), its fastest form: on (B, N, D) its in-place ReLU acts on a view of the
+linear's output and autograd adds a copy of the hidden activations in backward (about 15%
+on CPU), which would flatter the MoE (it flattens tokens itself). Routing:
+
+- balanced: the default random gate, tokens spread over all experts;
+- pure: dataset-pure routing, every token to the same expert(s): inputs carry a constant
+  feature that the gate weights turn into constant logits (real softmax weights, as for a
+  DAMEX-trained gate on one dataset's batch).
+
+Usage:
+    python benchmarks/bench_moe_layer.py [--device cuda] [--full] [--rounds 3]
+        [--threads 1 --cpu-time]
+
+On a CPU shared with other jobs, wall-clock times mostly measure the other jobs;
+``--threads 1 --cpu-time`` times the process's own CPU time instead, which keeps the ratios
+stable there.
+"""
+import argparse
+import statistics
+import time
+from typing import Callable, Dict, List, Tuple
+
+import torch
+from mmcv.cnn.bricks.transformer import FFN
+
+from damex_mmdet.models.layers.moe import MoEFFN
+
+EMBED_DIMS, HIDDEN = 256, 2048
+TARGET_TOKENS, TARGET_RATIO = 10_000, 1.15
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--full', action='store_true', help='add 50k tokens')
+    parser.add_argument('--rounds', type=int, default=3, help='timed rounds (median)')
+    parser.add_argument('--experts', type=int, nargs='+', default=[4, 8, 12])
+    parser.add_argument('--tokens', type=int, nargs='+', default=None,
+                        help='token counts instead of 1k and 10k (and 50k with --full)')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--cpu-time', action='store_true',
+                        help='time process CPU time instead of wall clock (CPU only)')
+    return parser.parse_args()
+
+
+def make_input(num_tokens: int, device: torch.device) -> torch.Tensor:
+    """(B, N, D) tokens, N = 1000 queries per sample where T allows; feature 0 is 1."""
+    queries = 1000 if num_tokens % 1000 == 0 else num_tokens
+    x = torch.randn(num_tokens // queries, queries, EMBED_DIMS, device=device)
+    x[..., 0] = 1.
+    return x
+
+
+def make_moe(num_experts: int, top_k: int, routing: str, device: torch.device) -> MoEFFN:
+    moe = MoEFFN(embed_dims=EMBED_DIMS, feedforward_channels=HIDDEN, num_experts=num_experts,
+                 top_k=top_k)
+    if routing == 'pure':
+        with torch.no_grad():
+            moe.gate.weight.zero_()
+            # Constant logits (8, 4, 0, ...) on feature 0: experts 0 (and 1) for every token.
+            moe.gate.weight[0, 0], moe.gate.weight[1, 0] = 8., 4.
+    return moe.to(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def timer(module: torch.nn.Module, x: torch.Tensor, backward: bool, device: torch.device,
+          clock: Callable[[], float]) -> Callable[[], float]:
+    x = x.detach().requires_grad_(backward)
+
+    def run() -> float:
+        sync(device)
+        start = clock()
+        if backward:
+            module(x).sum().backward()
+        else:
+            with torch.no_grad():
+                module(x)
+        sync(device)
+        return clock() - start
+
+    return run
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.cpu_time and device.type != 'cpu':
+        raise ValueError('--cpu-time only measures CPU work')
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    torch.manual_seed(0)
+    token_counts = args.tokens or [1_000, 10_000] + ([50_000] if args.full else [])
+    configs = [(e, k, r) for e in args.experts for k in (1, 2) for r in ('balanced', 'pure')]
+    results: Dict[Tuple, float] = {}
+    print(f'device={device} threads={torch.get_num_threads()} D={EMBED_DIMS} H={HIDDEN} '
+          f'rounds={args.rounds} (median) clock={"cpu" if args.cpu_time else "wall"}')
+
+    for num_tokens in token_counts:
+        x = make_input(num_tokens, device)
+        inputs = {('dense', 0, 0, '-'): x.reshape(-1, EMBED_DIMS)}
+        modules = {('dense', 0, 0, '-'): FFN(embed_dims=EMBED_DIMS,
+                                             feedforward_channels=HIDDEN).to(device)}
+        modules.update({('moe', e, k, r): make_moe(e, k, r, device) for e, k, r in configs})
+        for backward in (False, True):
+            runs = {name: timer(module, inputs.get(name, x), backward, device, clock)
+                    for name, module in modules.items()}
+            for run in runs.values():  # warm-up
+                run()
+            times: Dict[Tuple, List[float]] = {name: [] for name in runs}
+            for _ in range(args.rounds):
+                for name, run in runs.items():
+                    times[name].append(run())
+            for name, values in times.items():
+                results[(num_tokens, backward) + name] = statistics.median(values)
+        for name, module in modules.items():
+            if name[0] == 'moe':
+                with torch.no_grad():
+                    module(x)  # record the routing of one forward for the table
+                results[(num_tokens, 'maxload') + name] = (
+                    module.last_expert_counts.max().item() / (num_tokens * name[2]))
+
+    header = (f'{"tokens":>7} {"layer":>6} {"E":>3} {"k":>2} {"routing":>9} {"max load":>9} '
+              f'{"fwd ms":>9} {"fwd+bwd ms":>11} {"fwd x":>6} {"f+b x":>6}')
+    print(header)
+    print('-' * len(header))
+    for num_tokens in token_counts:
+        dense_fwd = results[(num_tokens, False, 'dense', 0, 0, '-')]
+        dense_bwd = results[(num_tokens, True, 'dense', 0, 0, '-')]
+        print(f'{num_tokens:>7} {"dense":>6} {"-":>3} {"-":>2} {"-":>9} {"-":>9} '
+              f'{dense_fwd * 1e3:>9.1f} {dense_bwd * 1e3:>11.1f} {1:>6.2f} {1:>6.2f}')
+        for e, k, r in configs:
+            fwd = results[(num_tokens, False, 'moe', e, k, r)]
+            bwd = results[(num_tokens, True, 'moe', e, k, r)]
+            load = results[(num_tokens, 'maxload', 'moe', e, k, r)]
+            print(f'{num_tokens:>7} {"moe":>6} {e:>3} {k:>2} {r:>9} {load:>9.2f} '
+                  f'{fwd * 1e3:>9.1f} {bwd * 1e3:>11.1f} {fwd / dense_fwd:>6.2f} '
+                  f'{bwd / dense_bwd:>6.2f}')
+
+    if TARGET_TOKENS not in token_counts:
+        return
+    print(f'\nMoE / dense ratios at top-1, {TARGET_TOKENS} tokens '
+          f'(target <= {TARGET_RATIO:.2f}x):')
+    worst = 0.
+    for e, k, r in configs:
+        if k != 1:
+            continue
+        ratios = [results[(TARGET_TOKENS, b, 'moe', e, k, r)] /
+                  results[(TARGET_TOKENS, b, 'dense', 0, 0, '-')] for b in (False, True)]
+        worst = max(worst, *ratios)
+        print(f'  E={e:<2} {r:>8}: fwd {ratios[0]:.2f}x  fwd+bwd {ratios[1]:.2f}x')
+    print(f'top-1 at {TARGET_TOKENS} tokens <= {TARGET_RATIO:.2f}x: '
+          f'{"PASS" if worst <= TARGET_RATIO else "FAIL"} (worst {worst:.2f}x)')
+
+
+if __name__ == '__main__':
+    main()

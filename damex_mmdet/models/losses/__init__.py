@@ -1,0 +1,3 @@
+from .routing import DAMEXLoss, LoadBalancingLoss
+
+__all__ = ['DAMEXLoss', 'LoadBalancingLoss']

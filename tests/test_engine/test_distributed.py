@@ -1,0 +1,146 @@
+"""Two CPU processes (gloo) through mmengine's launcher train like one."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from damex_mmdet.models.layers import MoEFFN
+
+from ..conftest import REPO_ROOT, TINY_CONFIG
+
+PIPELINE = """[
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='Resize', scale=(64, 64), keep_ratio=True),
+    dict(type='Pad', size=(64, 64)),
+    dict(type='PackDetInputs')
+]"""
+# Exact comparison: plain SGD, frozen BN statistics, denoising noise below
+# float32 resolution (DINO asserts a positive scale), and every image padded
+# to one size, so that one process with a batch of 2 computes what 2
+# processes with a batch of 1 compute together.
+CONFIG = f"""
+_base_ = '{TINY_CONFIG}'
+custom_imports = dict(imports=['damex_mmdet', 'ddp_probe_hook'])
+model = dict(
+    backbone=dict(norm_eval=True),
+    dn_cfg=dict(label_noise_scale=1e-9, box_noise_scale=1e-9))
+train_dataloader = dict(batch_size={{batch}},
+                        dataset=dict(pipeline={PIPELINE}))
+optim_wrapper = dict(_delete_=True, type='OptimWrapper',
+                     optimizer=dict(type='SGD', lr=0.01),
+                     clip_grad=dict(max_norm=1.0))
+train_cfg = dict(max_iters=3, val_interval=100)
+default_hooks = dict(checkpoint=dict(interval=3, save_best=None))
+custom_hooks = [dict(type='MixtureCheckHook'), dict(type='DDPProbeHook')]
+randomness = dict(seed=0)
+env_cfg = dict(dist_cfg=dict(backend='gloo'))
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def run(args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def one_box_per_image(source: Path, target: Path) -> None:
+    """Copy a mixture keeping one box per image.
+
+    DINO sizes its denoising groups by the batch's largest box count, so
+    only images with equal counts give the same queries whether they share
+    a process or not.
+    """
+    shutil.copytree(source, target)
+    for ann_file in target.glob('*/annotations/*.json'):
+        content = json.loads(ann_file.read_text())
+        first = {}
+        for ann in content['annotations']:
+            first.setdefault(ann['image_id'], ann)
+        content['annotations'] = list(first.values())
+        ann_file.write_text(json.dumps(content))
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tiny_mixture,
+                                                            tmp_path):
+    one_box_per_image(tiny_mixture, tmp_path / 'data' / 'demo_mixture')
+    (tmp_path / 'single.py').write_text(CONFIG.replace('{batch}', '2'))
+    (tmp_path / 'ddp.py').write_text(CONFIG.replace('{batch}', '1'))
+    train = str(REPO_ROOT / 'tools' / 'train.py')
+    run([sys.executable, train, 'single.py', '--work-dir', 'single'],
+        tmp_path)
+    torchrun = Path(sys.executable).parent / 'torchrun'
+    run([str(torchrun), '--nproc_per_node', '2', '--master_port',
+         str(free_port()), train, 'ddp.py', '--launcher', 'pytorch',
+         '--work-dir', 'ddp'], tmp_path)
+
+    probes = [json.loads((tmp_path / 'ddp' / f'probe_rank{r}.json')
+                         .read_text()) for r in (0, 1)]
+    single = json.loads((tmp_path / 'single' / 'probe_rank0.json')
+                        .read_text())
+    # The sampler splits every global batch between the ranks.
+    for step, images in enumerate(single['images']):
+        ranks = [probe['images'][step] for probe in probes]
+        assert sorted(ranks[0] + ranks[1]) == sorted(images)
+        assert not set(ranks[0]) & set(ranks[1])
+    # Gates and experts stay identical across ranks.
+    assert probes[0]['moe_sums'] == probes[1]['moe_sums']
+
+    # One checkpoint, written once, equal to the single-process model.
+    assert sorted(p.name for p in (tmp_path / 'ddp').glob('*.pth')) == [
+        'iter_3.pth']
+    expected = torch.load(tmp_path / 'single' / 'iter_3.pth')['state_dict']
+    result = torch.load(tmp_path / 'ddp' / 'iter_3.pth')['state_dict']
+    for key, value in expected.items():
+        torch.testing.assert_close(result[key], value, rtol=1e-4, atol=1e-5,
+                                   msg=key)
+
+    # A checkpoint from 2 processes loads in 1.
+    run([sys.executable, str(REPO_ROOT / 'tools' / 'test.py'), 'ddp.py',
+         str(tmp_path / 'ddp' / 'iter_3.pth'), '--work-dir', 'test'],
+        tmp_path)
+
+
+def _ddp_worker(rank, port, results):
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
+                            rank=rank, world_size=2)
+    torch.manual_seed(0)
+    layer = MoEFFN(embed_dims=8, feedforward_channels=16, num_experts=4)
+    with torch.no_grad():
+        # Tokens whose first feature is positive go to expert 0, negative
+        # ones to expert 3; experts 1 and 2 never get a token.
+        layer.gate.weight.zero_()
+        layer.gate.weight[0, 0] = 10.
+        layer.gate.weight[3, 0] = -10.
+    model = DistributedDataParallel(layer)
+    sign = 1. if rank == 0 else -1.
+    for _ in range(3):
+        tokens = torch.randn(1, 5, 8)
+        tokens[..., 0] = sign * (1 + tokens[..., 0].abs())
+        model(tokens).sum().backward()
+    results[rank] = layer.expert_w1.grad.abs().sum(dim=(1, 2)).tolist()
+    dist.destroy_process_group()
+
+
+def test_experts_without_tokens_do_not_break_ddp():
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(free_port(), results), nprocs=2)
+    grads = results[0]
+    assert results[1] == grads
+    assert grads[0] > 0 and grads[3] > 0 and grads[1] == grads[2] == 0

@@ -1,0 +1,294 @@
+"""MoEFFN against a naive per-token reference, mmcv's dense FFN, and its documented routing."""
+import math
+
+import pytest
+import torch
+from mmcv.cnn.bricks.transformer import FFN
+
+from damex_mmdet.models.layers.moe import DENSE_FFN_KEYS, MoEFFN, dense_ffn_to_moe_state
+from damex_mmdet.models.losses import DAMEXLoss
+
+D, H = 8, 16
+
+
+def make_moe(**kwargs):
+    torch.manual_seed(0)
+    moe = MoEFFN(embed_dims=D, feedforward_channels=H, **kwargs).double()
+    # A wider gate than the default init so that top-k choices are far from ties.
+    torch.nn.init.normal_(moe.gate.weight, std=1.)
+    return moe
+
+
+def expert_ref(moe, e, token):
+    """Expert e on one (D,) token, written with matmuls (not F.linear)."""
+    hidden = torch.relu(moe.expert_w1[e] @ token + moe.expert_b1[e])
+    return moe.expert_w2[e] @ hidden + moe.expert_b2[e]
+
+
+def naive_moe(moe, x, renormalise, max_rank=None):
+    """Per-token loop: x + sum over the chosen experts of weight * expert(token)."""
+    outputs = []
+    for token in x.reshape(-1, D):
+        probs = torch.softmax(moe.gate.weight @ token, dim=0)
+        top_p, top_i = probs.topk(moe.top_k)
+        weights = top_p / top_p.sum() if renormalise else top_p
+        out = token
+        for rank in range(moe.top_k if max_rank is None else max_rank):
+            out = out + weights[rank] * expert_ref(moe, int(top_i[rank]), token)
+        outputs.append(out)
+    return torch.stack(outputs).reshape(x.shape)
+
+
+def params_of(moe):
+    return [moe.gate.weight, moe.expert_w1, moe.expert_b1, moe.expert_w2, moe.expert_b2]
+
+
+@pytest.mark.parametrize('top_k', [1, 2])
+@pytest.mark.parametrize('normalize_weights', [None, True, False])
+def test_matches_naive_reference_forward_and_backward(top_k, normalize_weights):
+    moe = make_moe(num_experts=4, top_k=top_k, normalize_weights=normalize_weights)
+    x = torch.randn(3, 5, D, dtype=torch.double, requires_grad=True)
+    probe = torch.randn(3, 5, D, dtype=torch.double)
+    renormalise = top_k > 1 if normalize_weights is None else normalize_weights
+
+    out = moe(x)
+    ref = naive_moe(moe, x, renormalise)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+    inputs = [x] + params_of(moe)
+    grads = torch.autograd.grad((out * probe).sum(), inputs)
+    ref_grads = torch.autograd.grad((ref * probe).sum(), inputs)
+    for name, grad, ref_grad in zip(['x', 'gate', 'w1', 'b1', 'w2', 'b2'], grads, ref_grads):
+        torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-12, msg=name)
+
+
+def test_identity_argument_and_no_identity():
+    moe = make_moe(num_experts=3)
+    x = torch.randn(2, 4, D, dtype=torch.double)
+    identity = torch.randn(2, 4, D, dtype=torch.double)
+    branch = naive_moe(moe, x, renormalise=False) - x
+    torch.testing.assert_close(moe(x, identity), identity + branch)
+    moe.add_identity = False
+    torch.testing.assert_close(moe(x), branch)
+
+
+@pytest.mark.parametrize('num_experts', [1, 4])
+def test_upcycled_equals_dense_ffn(num_experts):
+    torch.manual_seed(1)
+    dense = FFN(embed_dims=D, feedforward_channels=H).double()
+    assert set(DENSE_FFN_KEYS.values()) == set(dense.state_dict())
+    moe = MoEFFN(embed_dims=D, feedforward_channels=H, num_experts=num_experts,
+                 normalize_weights=True).double()
+    moe.upcycle_from_dense(dense.state_dict())
+
+    x = torch.randn(2, 6, D, dtype=torch.double, requires_grad=True)
+    x_dense = x.detach().clone().requires_grad_()
+    probe = torch.randn(2, 6, D, dtype=torch.double)
+    out, out_dense = moe(x), dense(x_dense)
+    torch.testing.assert_close(out, out_dense, rtol=0, atol=1e-12)
+
+    (out * probe).sum().backward()
+    (out_dense * probe).sum().backward()
+    torch.testing.assert_close(x.grad, x_dense.grad, rtol=0, atol=1e-12)
+    # Expert grads summed over experts = the dense grads (each token used one copy).
+    for name, key in DENSE_FFN_KEYS.items():
+        dense_grad = dense.get_parameter(key).grad
+        torch.testing.assert_close(getattr(moe, name).grad.sum(0), dense_grad,
+                                   rtol=0, atol=1e-12, msg=name)
+
+
+def test_dense_ffn_to_moe_state_and_upcycle_errors():
+    dense_state = FFN(embed_dims=D, feedforward_channels=H).state_dict()
+    state = dense_ffn_to_moe_state(dense_state, num_experts=3)
+    assert {k: tuple(v.shape) for k, v in state.items()} == {
+        'expert_w1': (3, H, D), 'expert_b1': (3, H), 'expert_w2': (3, D, H), 'expert_b2': (3, D)}
+    torch.testing.assert_close(state['expert_w2'][2], dense_state['layers.1.weight'])
+
+    moe = MoEFFN(embed_dims=D, feedforward_channels=H, num_experts=3)
+    with pytest.raises(KeyError, match='layers.1.bias'):
+        moe.upcycle_from_dense({k: v for k, v in dense_state.items() if k != 'layers.1.bias'})
+    bad = dict(dense_state, **{'layers.1.bias': torch.zeros(D + 1)})
+    with pytest.raises(ValueError, match='inconsistent dense FFN shapes'):
+        moe.upcycle_from_dense(bad)
+    wider = FFN(embed_dims=D, feedforward_channels=2 * H).state_dict()
+    with pytest.raises(ValueError, match='expert_w1'):
+        moe.upcycle_from_dense(wider)
+
+
+def routed_tokens(signs):
+    """Tokens whose first feature is +1 or -1 (the rest random), one per sign."""
+    x = torch.randn(1, len(signs), D, dtype=torch.double)
+    x[0, :, 0] = torch.tensor(signs, dtype=torch.double)
+    return x
+
+
+def test_capacity_drops_exactly_the_overflow():
+    # Gate: feature 0 = +1 -> expert 0, -1 -> expert 1; expert 2 gets nothing.
+    moe = make_moe(num_experts=3, capacity_factor=1.0)
+    with torch.no_grad():
+        moe.gate.weight.zero_()
+        moe.gate.weight[0, 0], moe.gate.weight[1, 0] = 20., -20.
+    signs = [1, -1, 1, 1, 1, -1, 1, 1, 1, 1, 1, 1]  # 10 tokens to expert 0, 2 to expert 1
+    x = routed_tokens(signs).requires_grad_()
+    out = moe(x)
+    # capacity = ceil(1.0 * 12 tokens * 1 / 3 experts) = 4
+    to_expert0 = [t for t, s in enumerate(signs) if s == 1]
+    processed = to_expert0[:4] + [t for t, s in enumerate(signs) if s == -1]
+    dropped = to_expert0[4:]
+    assert len(dropped) == 6
+    assert torch.equal(out[0, dropped], x[0, dropped])
+    is_processed = torch.zeros(1, 12, 1, dtype=torch.bool)
+    is_processed[0, processed] = True
+    ref = torch.where(is_processed, naive_moe(moe, x, renormalise=False), x)
+    torch.testing.assert_close(out, ref)
+    inputs = [x] + params_of(moe)
+    for grad, ref_grad in zip(torch.autograd.grad(out.pow(2).sum(), inputs),
+                              torch.autograd.grad(ref.pow(2).sum(), inputs)):
+        torch.testing.assert_close(grad, ref_grad)
+    assert moe.last_expert_counts.tolist() == [10, 2, 0]
+    assert moe.last_num_dropped == 6
+
+
+def test_capacity_keeps_first_choices_before_second_choices():
+    moe = make_moe(num_experts=2, top_k=2, capacity_factor=0.5)
+    with torch.no_grad():
+        moe.gate.weight.zero_()
+        moe.gate.weight[0, 0], moe.gate.weight[1, 0] = 1., -1.
+    # Tokens 0-2 prefer expert 1, 3-5 expert 0; capacity = ceil(0.5 * 6 * 2 / 2) = 3, so each
+    # expert keeps the three first choices it received and drops all second choices, although
+    # in token order the second choices of tokens 0-2 would come first at expert 0.
+    x = routed_tokens([-1, -1, -1, 1, 1, 1]).requires_grad_()
+    out = moe(x)
+    ref = naive_moe(moe, x, renormalise=True, max_rank=1)
+    torch.testing.assert_close(out, ref)
+    inputs = [x] + params_of(moe)
+    for grad, ref_grad in zip(torch.autograd.grad(out.pow(2).sum(), inputs),
+                              torch.autograd.grad(ref.pow(2).sum(), inputs)):
+        torch.testing.assert_close(grad, ref_grad)
+    assert moe.last_num_dropped == 6
+
+
+def test_dropless_by_default():
+    moe = make_moe(num_experts=3)
+    with torch.no_grad():
+        moe.gate.weight.zero_()
+        moe.gate.weight[0, 0] = 20.
+    x = routed_tokens([1] * 12)
+    torch.testing.assert_close(moe(x), naive_moe(moe, x, renormalise=False))
+    assert moe.last_num_dropped == 0
+    assert moe.last_expert_counts.tolist() == [12, 0, 0]
+
+
+def test_gradients_reach_the_gate():
+    moe = make_moe(num_experts=4)
+    x = torch.randn(2, 5, D, dtype=torch.double)
+    moe(x).sum().backward()
+    assert moe.gate.weight.grad.abs().sum() > 0  # k=1 output scaled by its probability
+
+    moe.gate.weight.grad = None
+    moe(x)
+    target = torch.tensor([[1] * 5, [3] * 5])
+    DAMEXLoss()([moe.last_gate_logits], target).backward()
+    assert moe.gate.weight.grad.abs().sum() > 0
+
+
+def test_forced_experts_route_each_sample_to_its_expert():
+    moe = make_moe(num_experts=3, top_k=2)
+    x = torch.randn(3, 4, D, dtype=torch.double)
+    forced = torch.tensor([2, 0, 2])
+    with moe.force_experts(forced):
+        out = moe(x)
+    assert moe.forced_experts is None
+    for b, e in enumerate(forced.tolist()):
+        for n in range(4):
+            torch.testing.assert_close(out[b, n], x[b, n] + expert_ref(moe, e, x[b, n]))
+    assert moe.last_expert_indices.shape == (3, 4, 1)
+    assert torch.equal(moe.last_expert_indices[..., 0], forced[:, None].expand(3, 4))
+    assert moe.last_expert_counts.tolist() == [4, 0, 8]
+    torch.testing.assert_close(moe.last_gate_logits, x @ moe.gate.weight.t())
+
+    with pytest.raises(ValueError, match='expected \\(3,\\)'):
+        with moe.force_experts(torch.tensor([0, 1])):
+            moe(x)
+    with pytest.raises(ValueError, match='in \\[0, 3\\)'):
+        with moe.force_experts(torch.tensor([0, 1, 3])):
+            moe(x)
+
+
+@pytest.mark.parametrize('top_k,capacity_factor', [(1, None), (2, None), (2, 0.5)])
+def test_exposed_attributes(top_k, capacity_factor):
+    moe = make_moe(num_experts=4, top_k=top_k, capacity_factor=capacity_factor)
+    x = torch.randn(2, 7, D, dtype=torch.double, requires_grad=True)
+    moe(x)
+    assert moe.last_gate_logits.shape == (2, 7, 4)
+    assert moe.last_gate_logits.requires_grad
+    assert moe.last_expert_indices.shape == (2, 7, top_k)
+    assert moe.last_expert_indices.dtype == torch.long
+    counts = moe.last_expert_counts
+    assert counts.shape == (4, ) and counts.dtype == torch.long
+    assert int(counts.sum()) == 2 * 7 * top_k
+    assert torch.equal(counts, torch.bincount(moe.last_expert_indices.flatten(), minlength=4))
+    if capacity_factor is None:
+        assert moe.last_num_dropped == 0
+    else:
+        capacity = math.ceil(capacity_factor * 14 * top_k / 4)
+        assert moe.last_num_dropped == int((counts - capacity).clamp(min=0).sum())
+
+
+def test_gate_noise_only_in_training_and_logits_stay_clean():
+    moe = make_moe(num_experts=4, gate_noise_std=5.)
+    x = torch.randn(4, 8, D, dtype=torch.double)
+    clean = x @ moe.gate.weight.t()
+    torch.manual_seed(0)
+    moe.train()
+    moe(x)
+    torch.testing.assert_close(moe.last_gate_logits, clean)
+    assert not torch.equal(moe.last_expert_indices[..., 0], clean.argmax(-1))
+    moe.eval()
+    torch.testing.assert_close(moe(x), naive_moe(moe, x, renormalise=False))
+
+
+def test_empty_input():
+    moe = make_moe(num_experts=2)
+    x = torch.randn(0, 3, D, dtype=torch.double)
+    assert moe(x).shape == (0, 3, D)
+    assert moe.last_expert_counts.tolist() == [0, 0]
+
+
+def test_reset_parameters_initialises_each_expert_matrix():
+    moe = MoEFFN(embed_dims=D, feedforward_channels=H, num_experts=4)
+    # What DINO.init_weights does to every >1-dim parameter: xavier on the 3-D tensor,
+    # whose bound sqrt(6 / (H*D + E*D)) is far below a 2-D expert matrix's.
+    torch.nn.init.xavier_uniform_(moe.expert_w1)
+    moe.reset_parameters()
+    bound_2d = math.sqrt(6 / (H + D))
+    bound_3d = math.sqrt(6 / (H * D + 4 * D))
+    for expert_w1 in moe.expert_w1:
+        assert bound_3d < expert_w1.abs().max() <= bound_2d
+    assert moe.expert_b2.abs().max() <= 1 / math.sqrt(H)
+
+
+def test_ffn_kwargs_and_validation():
+    ffn_cfg = dict(embed_dims=D, feedforward_channels=H, num_fcs=2, ffn_drop=0.1,
+                   act_cfg=dict(type='GELU'), dropout_layer=dict(type='DropPath', drop_prob=0.2))
+    moe = MoEFFN(num_experts=2, **ffn_cfg)
+    assert type(moe.dropout_layer).__name__ == 'DropPath'
+    assert 'num_experts=2, top_k=1, dropless' in repr(moe)
+    assert 'capacity_factor=1.25' in repr(MoEFFN(embed_dims=D, capacity_factor=1.25))
+    for bad, match in [(dict(num_fcs=3), 'num_fcs'), (dict(num_experts=0), 'num_experts'),
+                       (dict(num_experts=2, top_k=3), 'top_k'), (dict(top_k=0), 'top_k'),
+                       (dict(capacity_factor=0.), 'capacity_factor'),
+                       (dict(gate_noise_std=-1.), 'gate_noise_std'),
+                       (dict(normalize_weights='yes'), 'normalize_weights')]:
+        with pytest.raises(ValueError, match=match):
+            MoEFFN(embed_dims=D, feedforward_channels=H, **bad)
+
+
+@pytest.mark.parametrize('top_k,capacity_factor', [(1, None), (2, 0.75)])
+def test_gradcheck(top_k, capacity_factor):
+    # Routing is piecewise constant, so finite differences see the dispatch's own gradients,
+    # including the custom permutation backward, twice differentiated.
+    moe = make_moe(num_experts=3, top_k=top_k, capacity_factor=capacity_factor)
+    x = torch.randn(2, 3, D, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(moe, (x, ))
+    assert torch.autograd.gradgradcheck(moe, (x, ))
