@@ -6,7 +6,9 @@ _base_ = [
 ]
 custom_imports = dict(imports=['damex_mmdet'], allow_failed_imports=False)
 
-model = dict(bbox_head=dict(num_classes=167))
+model = dict(
+    bbox_head=dict(type='DatasetAwareDINOHead', num_classes=167),
+    test_cfg=dict(class_protocol='unified'))
 
 train_dataloader = dict(
     sampler=dict(_delete_=True, type='MixtureSampler', mode='proportional'),

@@ -32,7 +32,7 @@ model = dict(
             cross_attn_cfg=dict(embed_dims=embed_dims),
             ffn_cfg=dict(embed_dims=embed_dims,
                          feedforward_channels=2 * embed_dims))),
-    bbox_head=dict(num_classes=num_classes),
+    bbox_head=dict(type='DatasetAwareDINOHead', num_classes=num_classes),
     dn_cfg=dict(group_cfg=dict(num_dn_queries=30)),
     test_cfg=dict(max_per_img=30))
 

@@ -20,6 +20,8 @@ DATASET_NAME_KEY = 'dataset'
 DATASET_INDEX_KEY = 'dataset_idx'
 # mmdet's CocoMetric convention for ground truth in original coordinates.
 RAW_INSTANCES_KEY = 'instances'
+# Unified labels of the sample's dataset, for the oracle class protocol.
+DATASET_CLASSES_KEY = 'dataset_classes'
 
 
 @DATASETS.register_module()
@@ -32,7 +34,8 @@ class DatasetMixture(Dataset):
     is tagged with its dataset's name and index in
     ``data_sample.metainfo['dataset' | 'dataset_idx']``. In test mode each
     sample also carries its ground truth in its dataset's own labels and
-    original coordinates (``metainfo['instances']``) for per-dataset
+    original coordinates (``metainfo['instances']``) and the unified labels
+    of its dataset (``metainfo['dataset_classes']``) for per-dataset
     evaluation.
 
     Args:
@@ -111,6 +114,10 @@ class DatasetMixture(Dataset):
             {name: d.metainfo['classes']
              for name, d in zip(self.names, self.datasets)},
             **self.label_space_cfg)
+        self._dataset_classes = [
+            np.flatnonzero(self.label_space.class_mask(name)).tolist()
+            for name in self.names
+        ]
         self.cumulative_sizes = np.cumsum(
             [len(d) for d in self.datasets]).tolist()
         self._fully_initialized = True
@@ -247,5 +254,6 @@ class DatasetMixture(Dataset):
         tags = {DATASET_NAME_KEY: name, DATASET_INDEX_KEY: dataset_idx}
         if self.test_mode:
             tags[RAW_INSTANCES_KEY] = raw_instances
+            tags[DATASET_CLASSES_KEY] = self._dataset_classes[dataset_idx]
         result['data_samples'].set_metainfo(tags)
         return result

@@ -2,6 +2,8 @@
 import math
 from collections import Counter
 
+import torch
+
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
@@ -21,8 +23,10 @@ class FiniteLossHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:
-        bad = {k: float(v) for k, v in (outputs or {}).items()
-               if 'loss' in k and not math.isfinite(float(v))}
+        losses = {k: float(v.detach()) if isinstance(v, torch.Tensor)
+                  else float(v) for k, v in (outputs or {}).items()
+                  if 'loss' in k}
+        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
         if not bad:
             return
         samples = (data_batch or {}).get('data_samples', [])

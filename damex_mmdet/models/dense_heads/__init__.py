@@ -1,0 +1,3 @@
+from .dataset_aware_dino_head import DatasetAwareDINOHead
+
+__all__ = ['DatasetAwareDINOHead']
