@@ -188,7 +188,7 @@ def count_parameters(size):
             cfg = head_cfg.model.bbox_head.copy()
             cfg.update(num_classes=len(classes),
                        num_pred_layer=dino.bbox_head.num_pred_layer,
-                       as_two_stage=True, with_box_refine=True)
+                       as_two_stage=True, share_pred_layer=False)
             heads += sum(p.numel() for p in MODELS.build(cfg).parameters())
         counts['dino_head_per_dataset'] = shared + heads
     return counts

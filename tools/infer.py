@@ -1,0 +1,157 @@
+"""Detect objects in images with a checkpoint trained on a dataset mixture.
+
+Boxes are labelled with the unified, dataset-qualified class names stored in
+the checkpoint ('photo:car'). With --dataset only that dataset's classes are
+kept, as when the domain of the images is known. The DAMEX gate routes by
+itself (no dataset id is needed). Writes one drawn image per input under
+OUT_DIR/vis/ and OUT_DIR/predictions.json. Example::
+
+    python tools/infer.py demo/photos configs/demo/damex_demo.py \\
+        work_dirs/damex_demo/iter_500.pth --out-dir infer_out --dataset photo
+"""
+import argparse
+import json
+import os.path as osp
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from mmdet.apis import DetInferencer
+
+from damex_mmdet.datasets.label_space import UnifiedLabelSpace
+
+
+class MixtureDetInferencer(DetInferencer):
+    """mmdet's ``DetInferencer`` for checkpoints of a ``DatasetMixture``.
+
+    Two changes: the palette is read from the checkpoint (``DetInferencer``
+    builds the config's test dataset for it, which fails wherever the
+    training annotations are absent), and ``dataset`` keeps only that
+    dataset's classes in the predictions, before they are drawn.
+
+    Args:
+        dataset (str, optional): A dataset of the checkpoint's label space.
+        Others: as ``DetInferencer``.
+    """
+
+    def __init__(self, *args, dataset: Optional[str] = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.class_mask = None
+        if dataset is not None:
+            meta = self.model.dataset_meta or {}
+            if 'label_space' not in meta:
+                raise ValueError(
+                    'the checkpoint stores no label space (it was not trained '
+                    'on a DatasetMixture): --dataset cannot select classes')
+            space = UnifiedLabelSpace.from_dict(meta['label_space'])
+            if dataset not in space.dataset_names:
+                raise ValueError(
+                    f'unknown dataset {dataset!r}: the checkpoint was trained '
+                    f'on {", ".join(space.dataset_names)}')
+            self.class_mask = torch.from_numpy(space.class_mask(dataset))
+
+    def _load_weights_to_model(self, model, checkpoint, cfg) -> None:
+        meta = ((checkpoint or {}).get('meta') or {}).get('dataset_meta') or {}
+        if self.palette == 'none' and meta.get('palette') is not None:
+            self.palette = meta['palette']
+        super()._load_weights_to_model(model, checkpoint, cfg)
+
+    def forward(self, inputs, **kwargs):
+        data_samples = super().forward(inputs, **kwargs)
+        if self.class_mask is not None:
+            for sample in data_samples:
+                pred = sample.pred_instances
+                sample.pred_instances = pred[
+                    self.class_mask.to(pred.labels.device)[pred.labels]]
+        return data_samples
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('inputs', help='an image or a folder of images')
+    parser.add_argument('config', help='model config')
+    parser.add_argument('checkpoint', help='trained weights')
+    parser.add_argument('--out-dir', default='infer_out',
+                        help='output folder (default: %(default)s)')
+    parser.add_argument('--dataset', help="keep only this dataset's classes")
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='drawn and saved boxes score at least this (default: %(default)s)')
+    parser.add_argument('--device', default=None,
+                        help='torch device (default: cuda when available, else cpu)')
+    parser.add_argument('--batch-size', type=int, default=1, help='images per forward')
+    parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+    return parser.parse_args(argv)
+
+
+def infer(inputs: str,
+          config: str,
+          checkpoint: str,
+          out_dir: str,
+          dataset: Optional[str] = None,
+          score_thr: float = 0.3,
+          device: Optional[str] = None,
+          batch_size: int = 1,
+          progress: bool = True) -> List[Dict[str, Any]]:
+    """Detect, draw into ``out_dir/vis/`` and write ``predictions.json``.
+
+    Returns:
+        list[dict]: Per image ``image``, ``vis`` (the drawn image),
+        ``instances`` (``label``, ``class``, ``score``, ``bbox`` [x1, y1, x2,
+        y2] in pixels; score >= ``score_thr``) and, for MoE models,
+        ``routing_counts`` {MoE layer: tokens per first-choice expert}.
+    """
+    for path in (inputs, config, checkpoint):
+        if not osp.exists(path):
+            raise FileNotFoundError(f'{path} does not exist')
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    inferencer = MixtureDetInferencer(
+        model=config, weights=checkpoint, device=device, dataset=dataset,
+        show_progress=progress)
+    result = inferencer(
+        inputs, batch_size=batch_size, out_dir=out_dir, pred_score_thr=score_thr,
+        return_datasamples=True, no_save_pred=True)
+    if not result['predictions']:
+        raise FileNotFoundError(f'no images found in {inputs}')
+    classes = inferencer.model.dataset_meta['classes']
+    predictions = [_to_dict(sample, classes, score_thr, out_dir)
+                   for sample in result['predictions']]
+    with open(osp.join(out_dir, 'predictions.json'), 'w') as f:
+        json.dump(predictions, f, indent=1)
+    return predictions
+
+
+def _to_dict(sample, classes, score_thr: float, out_dir: str) -> Dict[str, Any]:
+    pred = sample.pred_instances
+    pred = pred[pred.scores >= score_thr]
+    image = sample.img_path
+    entry = dict(
+        image=osp.abspath(image),
+        vis=osp.abspath(osp.join(out_dir, 'vis', osp.basename(image))),
+        instances=[
+            {'class': classes[label], 'label': int(label), 'score': round(float(score), 4),
+             'bbox': [round(float(v), 1) for v in bbox]}
+            for label, score, bbox in zip(pred.labels.tolist(), pred.scores, pred.bboxes)
+        ])
+    if 'routing_counts' in sample:
+        entry['routing_counts'] = dict(
+            zip(sample.moe_layers, sample.routing_counts.tolist()))
+    return entry
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        predictions = infer(args.inputs, args.config, args.checkpoint, args.out_dir,
+                            dataset=args.dataset, score_thr=args.score_thr, device=args.device,
+                            batch_size=args.batch_size, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f'error: {error}')
+    boxes = sum(len(p['instances']) for p in predictions)
+    print(f'{len(predictions)} images, {boxes} boxes with score >= {args.score_thr}; '
+          f'drawn images in {osp.join(args.out_dir, "vis")}, '
+          f'predictions in {osp.join(args.out_dir, "predictions.json")}')
+
+
+if __name__ == '__main__':
+    main()
