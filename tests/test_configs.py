@@ -1,0 +1,72 @@
+"""The shipped configs parse, build, and agree with their datasets."""
+import json
+import shutil
+
+import pytest
+from mmdet.registry import DATASETS, MODELS
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+import damex_mmdet  # noqa: F401
+from damex_mmdet.datasets.uodb_classes import UODB_CLASSES
+
+from .conftest import REPO_ROOT
+
+
+@pytest.fixture(autouse=True)
+def mmdet_scope():
+    init_default_scope('mmdet')
+
+
+@pytest.mark.parametrize('name, model_type, loss', [
+    ('dino_udb', 'DINO', None),
+    ('moe_udb', 'DAMEX', 'LoadBalancingLoss'),
+    ('damex_udb', 'DAMEX', 'DAMEXLoss'),
+])
+def test_uodb_recipe(name, model_type, loss):
+    cfg = Config.fromfile(str(REPO_ROOT / 'configs' / f'{name}.py'))
+    assert cfg.model.type == model_type
+    assert cfg.model.bbox_head.num_classes == 167
+    train = [d.name for d in cfg.train_dataloader.dataset.datasets]
+    assert train == list(UODB_CLASSES)
+    assert len(cfg.val_dataloader.dataset.datasets) == 11
+    if loss:
+        assert cfg.model.routing_loss.type == loss
+        assert cfg.model.num_experts == 8
+        assert list(cfg.model.moe_layers.decoder) == [0, 2, 4]
+    if name == 'damex_udb':
+        experts = cfg.model.dataset_to_expert
+        assert experts.voc07 == experts.voc12 == experts.comic == experts.coco
+        assert experts.kitti == experts.lisa
+        assert len(set(experts.values())) == 8
+        cfg.model.backbone.init_cfg = None
+        model = MODELS.build(cfg.model)
+        model.check_datasets(train)
+
+
+def test_custom_mixture_example(tiny_mixture, tmp_path, monkeypatch):
+    """The README's example, on two of the tiny datasets renamed."""
+    for source, target in (('photo', 'pets'), ('aerial', 'cars')):
+        shutil.copytree(tiny_mixture / source, tmp_path / 'data' / target)
+    pets = tmp_path / 'data' / 'pets' / 'annotations'
+    for split in ('train', 'val'):
+        content = json.loads((pets / f'{split}.json').read_text())
+        content['categories'] = [dict(c, name=n) for c, n in zip(
+            content['categories'], ('cat', 'dog', 'bird'))]
+        (pets / f'{split}.json').write_text(json.dumps(content))
+    for split in ('train', 'val'):
+        (tmp_path / 'data' / 'pets' / 'images' / split).rename(
+            tmp_path / 'data' / 'pets' / f'images_{split}')
+    monkeypatch.chdir(tmp_path)
+    cfg = Config.fromfile(
+        str(REPO_ROOT / 'configs' / 'examples' / 'damex_custom_mixture.py'))
+    for entry in (cfg.train_dataloader.dataset.datasets
+                  + cfg.val_dataloader.dataset.datasets):
+        split = 'train' if 'train' in entry.ann_file else 'val'
+        entry.img_prefix = (f'data/pets/images_{split}/' if entry.name ==
+                            'pets' else f'data/cars/images/{split}/')
+    mixture = DATASETS.build(cfg.train_dataloader.dataset)
+    assert mixture.metainfo['classes'] == (
+        'pets:cat', 'pets:dog', 'cars:plane', 'cars:ship', 'cars:vehicle')
+    assert cfg.model.bbox_head.num_classes == len(mixture.metainfo['classes'])
+    assert mixture[0]['data_samples'].metainfo['dataset'] == 'pets'
