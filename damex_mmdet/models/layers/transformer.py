@@ -16,10 +16,8 @@ from mmdet.utils import ConfigType
 from .moe import MoEFFN
 
 
-@MODELS.register_module()
-class MoEDeformableDetrTransformerEncoderLayer(
-        DeformableDetrTransformerEncoderLayer):
-    """Deformable DETR encoder layer with an MoE FFN.
+class _MoEFFNLayer:
+    """Builds the layer as mmdet does, then replaces its FFN by an MoE.
 
     Args:
         moe_cfg (dict): Keyword arguments of :class:`MoEFFN` added to the
@@ -36,22 +34,15 @@ class MoEDeformableDetrTransformerEncoderLayer(
 
 
 @MODELS.register_module()
+class MoEDeformableDetrTransformerEncoderLayer(
+        _MoEFFNLayer, DeformableDetrTransformerEncoderLayer):
+    """Deformable DETR encoder layer with an MoE FFN."""
+
+
+@MODELS.register_module()
 class MoEDeformableDetrTransformerDecoderLayer(
-        DeformableDetrTransformerDecoderLayer):
-    """Deformable DETR / DINO decoder layer with an MoE FFN.
-
-    Args:
-        moe_cfg (dict): Keyword arguments of :class:`MoEFFN` added to the
-            layer's ``ffn_cfg``.
-    """
-
-    def __init__(self, *args, moe_cfg: ConfigType, **kwargs) -> None:
-        self.moe_cfg = dict(moe_cfg)
-        super().__init__(*args, **kwargs)
-
-    def _init_layers(self) -> None:
-        super()._init_layers()
-        self.ffn = MoEFFN(**self.ffn_cfg, **self.moe_cfg)
+        _MoEFFNLayer, DeformableDetrTransformerDecoderLayer):
+    """Deformable DETR / DINO decoder layer with an MoE FFN."""
 
 
 class _MoELayerPlacement:
@@ -60,13 +51,24 @@ class _MoELayerPlacement:
     Shared by the encoder and the decoder, which build their dense layers in
     mmdet's ``_init_layers``; the swap happens right after, so every other
     part of their construction stays mmdet's.
+
+    Args:
+        moe_layers (Sequence[int]): Indices of the layers whose FFN is an
+            MoE. Empty keeps every layer dense.
+        moe_cfg (dict): Keyword arguments of :class:`MoEFFN`.
     """
 
     moe_layer_type: type
 
-    def _place_moe_layers(self, moe_layers: Sequence[int],
-                          moe_cfg: ConfigType) -> None:
-        for index in moe_layers:
+    def __init__(self, *args, moe_layers: Sequence[int] = (),
+                 moe_cfg: ConfigType = None, **kwargs) -> None:
+        self.moe_layers = tuple(moe_layers)
+        self.moe_cfg = moe_cfg
+        super().__init__(*args, **kwargs)
+
+    def _init_layers(self) -> None:
+        super()._init_layers()
+        for index in self.moe_layers:
             if not 0 <= index < self.num_layers:
                 raise ValueError(
                     f'MoE layer index {index} does not exist in a '
@@ -74,51 +76,20 @@ class _MoELayerPlacement:
                     f'use indices in [0, {self.num_layers - 1}] in '
                     f'model.moe_layers.')
             self.layers[index] = self.moe_layer_type(
-                **self.layer_cfg, moe_cfg=moe_cfg)
+                **self.layer_cfg, moe_cfg=self.moe_cfg)
 
 
 @MODELS.register_module()
 class MoEDeformableDetrTransformerEncoder(_MoELayerPlacement,
                                           DeformableDetrTransformerEncoder):
-    """Deformable DETR encoder with MoE FFNs at the layers ``moe_layers``.
-
-    Args:
-        moe_layers (Sequence[int]): Indices of the layers whose FFN is an
-            MoE. Empty keeps the encoder dense.
-        moe_cfg (dict): Keyword arguments of :class:`MoEFFN`.
-    """
+    """Deformable DETR encoder with MoE FFNs at the layers ``moe_layers``."""
 
     moe_layer_type = MoEDeformableDetrTransformerEncoderLayer
-
-    def __init__(self, *args, moe_layers: Sequence[int] = (),
-                 moe_cfg: ConfigType = None, **kwargs) -> None:
-        self.moe_layers = tuple(moe_layers)
-        self.moe_cfg = moe_cfg
-        super().__init__(*args, **kwargs)
-
-    def _init_layers(self) -> None:
-        super()._init_layers()
-        self._place_moe_layers(self.moe_layers, self.moe_cfg)
 
 
 @MODELS.register_module()
 class MoEDinoTransformerDecoder(_MoELayerPlacement, DinoTransformerDecoder):
-    """DINO decoder with MoE FFNs at the layers ``moe_layers``.
-
-    Args:
-        moe_layers (Sequence[int]): Indices of the layers whose FFN is an
-            MoE (the reference uses 0, 2 and 4).
-        moe_cfg (dict): Keyword arguments of :class:`MoEFFN`.
-    """
+    """DINO decoder with MoE FFNs at the layers ``moe_layers`` (the
+    reference uses 0, 2 and 4)."""
 
     moe_layer_type = MoEDeformableDetrTransformerDecoderLayer
-
-    def __init__(self, *args, moe_layers: Sequence[int] = (),
-                 moe_cfg: ConfigType = None, **kwargs) -> None:
-        self.moe_layers = tuple(moe_layers)
-        self.moe_cfg = moe_cfg
-        super().__init__(*args, **kwargs)
-
-    def _init_layers(self) -> None:
-        super()._init_layers()
-        self._place_moe_layers(self.moe_layers, self.moe_cfg)
