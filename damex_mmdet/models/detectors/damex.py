@@ -9,11 +9,10 @@ from mmdet.structures import SampleList
 from mmdet.utils import OptConfigType
 from torch import Tensor
 
+from ...datasets.mixture import DATASET_NAME_KEY
 from ..layers import (MoEDeformableDetrTransformerEncoder, MoEDinoTransformerDecoder,
                       MoEFFN)
 from ..losses import DAMEXLoss, LoadBalancingLoss
-
-DATASET_KEY = 'dataset'
 
 
 @MODELS.register_module()
@@ -155,13 +154,13 @@ class DAMEX(DINO):
         """
         experts = []
         for sample in batch_data_samples:
-            name = sample.metainfo.get(DATASET_KEY)
+            name = sample.metainfo.get(DATASET_NAME_KEY)
             if name is None:
                 raise KeyError(
                     f'image {sample.metainfo.get("img_path")} has no '
-                    f'"{DATASET_KEY}" in its metainfo: wrap the datasets in '
-                    f'dict(type="DatasetMixture", ...), which tags every '
-                    f'image with its dataset.')
+                    f'"{DATASET_NAME_KEY}" in its metainfo: wrap the '
+                    f'datasets in dict(type="DatasetMixture", ...), which '
+                    f'tags every image with its dataset.')
             if name not in self.dataset_to_expert:
                 self.check_datasets([name])
             experts.append(self.dataset_to_expert[name])
