@@ -1,6 +1,7 @@
 # Dense DINO on the demo mixture, sized for a 2-core CPU: ResNet-18 from
 # scratch, 128 px, 2 encoder and 3 decoder layers with 512-wide FFNs, 30
-# queries. (mmdet's DINO decoder hard-codes 256-d embeddings.) The MoE twins (damex_demo.py, moe_demo.py) change only the model.
+# queries (mmdet's DINO decoder hard-codes 256-d embeddings). The MoE twins
+# (damex_demo.py, moe_demo.py) change only the model.
 _base_ = [
     'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
     '../_base_/datasets/demo_mixture.py'
