@@ -8,15 +8,15 @@ Boxes with ignore='1' become ignore regions (iscrowd=1). Example:
 import argparse
 from pathlib import Path
 
-from damex_mmdet.datasets.converters import (DLIB_FACE_CLASSES, ConversionError, dlib_to_coco,
-                                             write_coco_json)
+from damex_mmdet.datasets.converters import DLIB_FACE_CLASSES, dlib_to_coco
+from damex_mmdet.datasets.converters.cli import (add_file_name_root_argument, add_out_argument,
+                                                 converter_parser, run_conversion)
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = converter_parser(__doc__)
     parser.add_argument('xml_file', type=Path, help='imglab dataset XML')
-    parser.add_argument('--out', type=Path, required=True, help='COCO json to write')
+    add_out_argument(parser)
     parser.add_argument('--img-dir', type=Path,
                         help='folder the file attributes are relative to '
                         '(default: the XML folder)')
@@ -25,24 +25,17 @@ def parse_args() -> argparse.Namespace:
                         'only class (default: %(default)s)')
     parser.add_argument('--skip-unknown', action='store_true',
                         help='drop boxes whose label is not in --classes instead of stopping')
-    parser.add_argument('--file-name-root', type=Path,
-                        help='write image paths relative to this folder above the image '
-                        'folder (e.g. data/uodb/<name>/images); default: the image folder')
+    add_file_name_root_argument(parser)
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    try:
-        conversion = dlib_to_coco(args.xml_file, img_dir=args.img_dir,
-                                  file_name_root=args.file_name_root,
-                                  classes=args.classes.split(','),
-                                  skip_unknown=args.skip_unknown, progress=True)
-        write_coco_json(conversion.coco, args.out)
-    except ConversionError as error:
-        raise SystemExit(f'error: {error}')
-    print(conversion.stats.summary())
-    print(f'wrote {args.out}')
+    run_conversion(lambda: dlib_to_coco(args.xml_file, img_dir=args.img_dir,
+                                        file_name_root=args.file_name_root,
+                                        classes=args.classes.split(','),
+                                        skip_unknown=args.skip_unknown, progress=True),
+                   args.out)
 
 
 if __name__ == '__main__':

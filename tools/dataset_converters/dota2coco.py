@@ -9,45 +9,38 @@ difficulty 1 become ignore regions (iscrowd=1) unless --keep-difficult. Example:
 import argparse
 from pathlib import Path
 
-from damex_mmdet.datasets.converters import (DOTA_CLASSES, ConversionError, dota_to_coco,
-                                             write_coco_json)
+from damex_mmdet.datasets.converters import DOTA_CLASSES, dota_to_coco
+from damex_mmdet.datasets.converters.cli import (add_file_name_root_argument, add_out_argument,
+                                                 converter_parser, run_conversion)
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = converter_parser(__doc__)
     parser.add_argument('root', type=Path, help='DOTA split folder with labelTxt/ and images/')
     parser.add_argument('--label-dir', type=Path,
                         help='label folder (default root/labelTxt; mmrotate\'s img_split '
                         'writes root/annfiles)')
     parser.add_argument('--img-dir', type=Path, help='image folder (default root/images)')
-    parser.add_argument('--out', type=Path, required=True, help='COCO json to write')
+    add_out_argument(parser)
     parser.add_argument('--classes', default=','.join(DOTA_CLASSES),
                         help='comma-separated class names (default: the 15 DOTA v1.0 classes)')
     parser.add_argument('--keep-difficult', action='store_true',
                         help='keep difficult objects as ordinary boxes instead of ignore regions')
     parser.add_argument('--skip-unknown', action='store_true',
                         help='drop objects of classes not in --classes instead of stopping')
-    parser.add_argument('--file-name-root', type=Path,
-                        help='write image paths relative to this folder above the image '
-                        'folder (e.g. data/uodb/<name>/images); default: the image folder')
+    add_file_name_root_argument(parser)
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    try:
-        conversion = dota_to_coco(args.label_dir or args.root / 'labelTxt',
-                                  args.img_dir or args.root / 'images',
-                                  file_name_root=args.file_name_root,
-                                  classes=args.classes.split(','),
-                                  difficult_as_ignore=not args.keep_difficult,
-                                  skip_unknown=args.skip_unknown, progress=True)
-        write_coco_json(conversion.coco, args.out)
-    except ConversionError as error:
-        raise SystemExit(f'error: {error}')
-    print(conversion.stats.summary())
-    print(f'wrote {args.out}')
+    run_conversion(lambda: dota_to_coco(args.label_dir or args.root / 'labelTxt',
+                                        args.img_dir or args.root / 'images',
+                                        file_name_root=args.file_name_root,
+                                        classes=args.classes.split(','),
+                                        difficult_as_ignore=not args.keep_difficult,
+                                        skip_unknown=args.skip_unknown, progress=True),
+                   args.out)
 
 
 if __name__ == '__main__':

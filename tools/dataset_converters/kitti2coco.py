@@ -11,8 +11,9 @@ over the training folder. Example:
 import argparse
 from pathlib import Path
 
-from damex_mmdet.datasets.converters import (KITTI_CLASSES, ConversionError, kitti_to_coco,
-                                             write_coco_json)
+from damex_mmdet.datasets.converters import KITTI_CLASSES, kitti_to_coco
+from damex_mmdet.datasets.converters.cli import (add_file_name_root_argument, add_out_argument,
+                                                 converter_parser, run_conversion)
 
 
 def type_mapping(text: str) -> tuple:
@@ -23,10 +24,9 @@ def type_mapping(text: str) -> tuple:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = converter_parser(__doc__)
     parser.add_argument('root', type=Path, help='KITTI training folder with label_2/ and image_2/')
-    parser.add_argument('--out', type=Path, required=True, help='COCO json to write')
+    add_out_argument(parser)
     parser.add_argument('--image-list', type=Path,
                         help='frame ids of the split, one per line (default: every label file)')
     parser.add_argument('--classes', default=','.join(KITTI_CLASSES),
@@ -34,28 +34,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--map', type=type_mapping, action='append', default=[],
                         metavar='TYPE=CLASS',
                         help='fold a KITTI type into a kept class, e.g. --map Van=Car; repeatable')
-    parser.add_argument('--file-name-root', type=Path,
-                        help='write image paths relative to this folder above the image '
-                        'folder (e.g. data/uodb/<name>/images); default: the image folder')
+    add_file_name_root_argument(parser)
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    try:
-        conversion = kitti_to_coco(
-            label_dir=args.root / 'label_2',
-            img_dir=args.root / 'image_2',
-            file_name_root=args.file_name_root,
-            image_list=args.image_list,
-            classes=args.classes.split(','),
-            class_map=dict(args.map),
-            progress=True)
-        write_coco_json(conversion.coco, args.out)
-    except ConversionError as error:
-        raise SystemExit(f'error: {error}')
-    print(conversion.stats.summary())
-    print(f'wrote {args.out}')
+    run_conversion(lambda: kitti_to_coco(
+        label_dir=args.root / 'label_2',
+        img_dir=args.root / 'image_2',
+        file_name_root=args.file_name_root,
+        image_list=args.image_list,
+        classes=args.classes.split(','),
+        class_map=dict(args.map),
+        progress=True), args.out)
 
 
 if __name__ == '__main__':

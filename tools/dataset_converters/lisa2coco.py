@@ -10,8 +10,9 @@ official split: pass --image-list to convert one. Example:
 import argparse
 from pathlib import Path
 
-from damex_mmdet.datasets.converters import (LISA_CLASSES, ConversionError, lisa_to_coco,
-                                             write_coco_json)
+from damex_mmdet.datasets.converters import LISA_CLASSES, lisa_to_coco
+from damex_mmdet.datasets.converters.cli import (add_file_name_root_argument, add_out_argument,
+                                                 converter_parser, run_conversion)
 
 
 def tag_mapping(text: str) -> tuple:
@@ -22,10 +23,9 @@ def tag_mapping(text: str) -> tuple:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = converter_parser(__doc__)
     parser.add_argument('csv_file', type=Path, help="allAnnotations.csv (';'-separated)")
-    parser.add_argument('--out', type=Path, required=True, help='COCO json to write')
+    add_out_argument(parser)
     parser.add_argument('--img-dir', type=Path,
                         help="folder the csv's file names are relative to (default: its folder)")
     parser.add_argument('--image-list', type=Path,
@@ -34,24 +34,16 @@ def parse_args() -> argparse.Namespace:
                         metavar='TAG=CLASS',
                         help=f'map a LISA tag to one of {list(LISA_CLASSES)}, or drop it with '
                         'TAG= ; repeatable')
-    parser.add_argument('--file-name-root', type=Path,
-                        help='write image paths relative to this folder above the image '
-                        'folder (e.g. data/uodb/<name>/images); default: the image folder')
+    add_file_name_root_argument(parser)
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    try:
-        conversion = lisa_to_coco(args.csv_file, img_dir=args.img_dir,
-                                  file_name_root=args.file_name_root,
-                                  image_list=args.image_list, tag_map=dict(args.map),
-                                  progress=True)
-        write_coco_json(conversion.coco, args.out)
-    except ConversionError as error:
-        raise SystemExit(f'error: {error}')
-    print(conversion.stats.summary())
-    print(f'wrote {args.out}')
+    run_conversion(lambda: lisa_to_coco(args.csv_file, img_dir=args.img_dir,
+                                        file_name_root=args.file_name_root,
+                                        image_list=args.image_list, tag_map=dict(args.map),
+                                        progress=True), args.out)
 
 
 if __name__ == '__main__':

@@ -9,16 +9,16 @@ Kitchen. Example (VOC 2007 trainval):
 import argparse
 from pathlib import Path
 
-from damex_mmdet.datasets.converters import (VOC_STYLE_CLASSES, ConversionError, voc_to_coco,
-                                             write_coco_json)
+from damex_mmdet.datasets.converters import VOC_STYLE_CLASSES, voc_to_coco
+from damex_mmdet.datasets.converters.cli import (add_file_name_root_argument, add_out_argument,
+                                                 converter_parser, run_conversion)
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = converter_parser(__doc__)
     parser.add_argument('root', type=Path,
                         help='VOC-style folder with Annotations/, JPEGImages/, ImageSets/Main/')
-    parser.add_argument('--out', type=Path, required=True, help='COCO json to write')
+    add_out_argument(parser)
     parser.add_argument('--split', help='read ids from ImageSets/Main/<split>.txt; '
                         'all XMLs in the annotation folder when omitted')
     parser.add_argument('--ann-dir', type=Path,
@@ -31,31 +31,23 @@ def parse_args() -> argparse.Namespace:
                         help='drop boxes of classes not in --classes instead of stopping')
     parser.add_argument('--zero-based', action='store_true',
                         help='coordinates are 0-based already (do not subtract 1 from xmin/ymin)')
-    parser.add_argument('--file-name-root', type=Path,
-                        help='write image paths relative to this folder above the image '
-                        'folder (e.g. data/uodb/<name>/images); default: the image folder')
+    add_file_name_root_argument(parser)
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
     classes = VOC_STYLE_CLASSES.get(args.classes) or args.classes.split(',')
-    try:
-        conversion = voc_to_coco(
-            ann_dir=args.ann_dir or args.root / 'Annotations',
-            img_dir=args.img_dir or args.root / 'JPEGImages',
-            file_name_root=args.file_name_root,
-            image_set_file=args.root / 'ImageSets' / 'Main' / f'{args.split}.txt'
-            if args.split else None,
-            classes=classes,
-            skip_unknown=args.skip_unknown,
-            one_based=not args.zero_based,
-            progress=True)
-        write_coco_json(conversion.coco, args.out)
-    except ConversionError as error:
-        raise SystemExit(f'error: {error}')
-    print(conversion.stats.summary())
-    print(f'wrote {args.out}')
+    run_conversion(lambda: voc_to_coco(
+        ann_dir=args.ann_dir or args.root / 'Annotations',
+        img_dir=args.img_dir or args.root / 'JPEGImages',
+        file_name_root=args.file_name_root,
+        image_set_file=args.root / 'ImageSets' / 'Main' / f'{args.split}.txt'
+        if args.split else None,
+        classes=classes,
+        skip_unknown=args.skip_unknown,
+        one_based=not args.zero_based,
+        progress=True), args.out)
 
 
 if __name__ == '__main__':

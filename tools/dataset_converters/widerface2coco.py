@@ -9,31 +9,25 @@ Faces flagged invalid become ignore regions (iscrowd=1). Example:
 import argparse
 from pathlib import Path
 
-from damex_mmdet.datasets.converters import ConversionError, widerface_to_coco, write_coco_json
+from damex_mmdet.datasets.converters import widerface_to_coco
+from damex_mmdet.datasets.converters.cli import (add_file_name_root_argument, add_out_argument,
+                                                 converter_parser, run_conversion)
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = converter_parser(__doc__)
     parser.add_argument('gt_file', type=Path, help='wider_face_<split>_bbx_gt.txt')
     parser.add_argument('img_dir', type=Path, help='WIDER_<split>/images')
-    parser.add_argument('--out', type=Path, required=True, help='COCO json to write')
-    parser.add_argument('--file-name-root', type=Path,
-                        help='write image paths relative to this folder above the image '
-                        'folder (e.g. data/uodb/<name>/images); default: the image folder')
+    add_out_argument(parser)
+    add_file_name_root_argument(parser)
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    try:
-        conversion = widerface_to_coco(args.gt_file, args.img_dir,
-                                       file_name_root=args.file_name_root, progress=True)
-        write_coco_json(conversion.coco, args.out)
-    except ConversionError as error:
-        raise SystemExit(f'error: {error}')
-    print(conversion.stats.summary())
-    print(f'wrote {args.out}')
+    run_conversion(lambda: widerface_to_coco(args.gt_file, args.img_dir,
+                                             file_name_root=args.file_name_root,
+                                             progress=True), args.out)
 
 
 if __name__ == '__main__':
