@@ -9,8 +9,8 @@ round; each time is the median over the rounds. Sizes:
   batch 2, 167 classes; from scratch, no download).
 
 Peak memory is CUDA's max_memory_allocated on a GPU; on CPU each model is
-measured in a fresh subprocess and the peak resident set (ru_maxrss) growth
-over the built model is compared. Parameters are also counted for the UODB
+measured in a fresh subprocess as the peak growth of the resident set during
+one training step over the built model (sampled every millisecond). Parameters are also counted for the UODB
 alternative the paper argues against: one DINO head per dataset.
 
 Usage:
@@ -19,10 +19,11 @@ Usage:
 """
 import argparse
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -143,6 +144,32 @@ def time_models(size, args):
     return {key: statistics.median(value) for key, value in times.items()}
 
 
+class ResidentPeak:
+    """Peak resident-set growth of this process while the block runs."""
+
+    def __enter__(self):
+        self.base = self.peak = self._rss()
+        self._running = True
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._running = False
+        self._thread.join()
+        self.growth = max(self.peak, self._rss()) - self.base
+
+    @staticmethod
+    def _rss():
+        with open('/proc/self/statm') as f:
+            return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+    def _poll(self):
+        while self._running:
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.001)
+
+
 def memory_probe(size, which, device):
     """Peak memory of one training step, printed as JSON (subprocess)."""
     model = build(size, int(which), device)
@@ -154,10 +181,9 @@ def memory_probe(size, which, device):
         train_step(model, optimizer, inputs, samples)
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        train_step(model, optimizer, inputs, samples)
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                - base) * 1024
+        with ResidentPeak() as resident:
+            train_step(model, optimizer, inputs, samples)
+        peak = resident.growth
     print(json.dumps(dict(peak_bytes=peak)))
 
 
