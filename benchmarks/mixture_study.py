@@ -16,6 +16,8 @@ Settings (the paper's three, at demo scale):
 Usage:
     python benchmarks/mixture_study.py [--settings default] [--seeds 0 1]
         [--models dino moe damex] [--max-iters 500]
+        [--tag NAME --cfg-options KEY=VALUE ...]   # a variant, e.g.
+        # --tag weight1 --cfg-options model.routing_loss.loss_weight=1.0
 Results: work_dirs/study/results.json and a markdown table on stdout.
 """
 import argparse
@@ -52,6 +54,12 @@ def parse_args(argv=None):
     parser.add_argument('--max-iters', type=int, default=500)
     parser.add_argument('--work-dir', default='work_dirs/study')
     parser.add_argument('--data-dir', default='data/study')
+    parser.add_argument('--tag', default='',
+                        help='name of a variant; its runs are kept apart')
+    parser.add_argument('--cfg-options', nargs='+', default=[],
+                        metavar='KEY=VALUE',
+                        help='config overrides of the variant, passed to '
+                        'tools/train.py')
     return parser.parse_args(argv)
 
 
@@ -99,18 +107,21 @@ def final_metrics(work_dir: Path):
 
 def run(setting, model, seed, args, progress):
     data_root = Path(args.data_dir) / setting
-    work_dir = Path(args.work_dir) / setting / f'{model}_seed{seed}'
+    run_name = f'{model}{"_" + args.tag if args.tag else ""}_seed{seed}'
+    work_dir = Path(args.work_dir) / setting / run_name
     metrics = final_metrics(work_dir)
     if metrics is not None:
         return metrics
-    config = work_dir.parent / f'{model}_seed{seed}.py'
+    config = work_dir.parent / f'{run_name}.py'
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(study_config(setting, data_root, model, seed,
                                    args.max_iters))
     command = [sys.executable, str(REPO / 'tools' / 'train.py'), str(config),
                '--work-dir', str(work_dir)]
-    progress.write(f'training {setting}/{model}/seed{seed} -> {work_dir}')
-    log = work_dir.parent / f'{model}_seed{seed}.log'
+    if args.cfg_options:
+        command += ['--cfg-options', *args.cfg_options]
+    progress.write(f'training {setting}/{run_name} -> {work_dir}')
+    log = work_dir.parent / f'{run_name}.log'
     with open(log, 'w') as out:
         subprocess.run(command, stdout=out, stderr=subprocess.STDOUT,
                        check=True)
@@ -157,7 +168,7 @@ def main(argv=None):
         for setting, model, seed in progress:
             results[setting][model].append(
                 run(setting, model, seed, args, progress))
-    out = Path(args.work_dir) / 'results.json'
+    out = Path(args.work_dir) / f'results{"_" + args.tag if args.tag else ""}.json'
     out.write_text(json.dumps(results, indent=2))
     print(f'\nResults ({len(args.seeds)} seeds, {args.max_iters} iterations, '
           f'±half the range over seeds): {out}')
