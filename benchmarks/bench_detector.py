@@ -123,15 +123,20 @@ def sync(device):
 
 
 def time_models(size, args):
+    """Median times of DINO (0) and DAMEX (1), keyed by (kind, model).
+
+    Training steps of both models alternate round by round, then inference
+    passes do; timing each inference right after the same model's training
+    step would charge it with that step's memory release.
+    """
     models = [build(size, which, args.device) for which in (0, 1)]
     optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-4) for m in models]
     inputs, samples = make_batch(size, args.device)
     now = clock(args.cpu_time)
-    times = {('train', i): [] for i in (0, 1)}
-    times.update({('inference', i): [] for i in (0, 1)})
-    for round_ in range(args.rounds + 1):
-        for i, (model, optimizer) in enumerate(zip(models, optimizers)):
-            for kind in ('train', 'inference'):
+    times = {}
+    for kind in ('train', 'inference'):
+        for round_ in range(args.rounds + 1):
+            for i, (model, optimizer) in enumerate(zip(models, optimizers)):
                 sync(args.device)
                 start = now()
                 if kind == 'train':
@@ -140,7 +145,7 @@ def time_models(size, args):
                     inference(model, inputs, samples)
                 sync(args.device)
                 if round_:  # the first round warms up
-                    times[(kind, i)].append(now() - start)
+                    times.setdefault((kind, i), []).append(now() - start)
     return {key: statistics.median(value) for key, value in times.items()}
 
 
