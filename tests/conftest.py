@@ -1,8 +1,11 @@
-"""Shared fixtures: a tiny generated mixture and the tiny DAMEX config."""
+"""Shared fixtures: a tiny generated mixture, the tiny DAMEX config and a
+checkpoint of it."""
+import copy
 from pathlib import Path
 
 import pytest
 from mmengine.config import Config
+from mmengine.runner import Runner
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / 'shared'
@@ -33,3 +36,23 @@ def tiny_cfg(tiny_mixture, tmp_path):
     cfg = Config.fromfile(str(TINY_CONFIG))
     cfg.work_dir = str(tmp_path / 'work_dir')
     return point_at_mixture(cfg, tiny_mixture)
+
+
+@pytest.fixture(scope='session')
+def tiny_checkpoint(tiny_mixture, tmp_path_factory):
+    """The tiny DAMEX config on the tiny mixture (val data included) and its
+    weights after one training iteration: (config path, checkpoint path)."""
+    work_dir = tmp_path_factory.mktemp('tiny_checkpoint')
+    cfg = point_at_mixture(Config.fromfile(str(TINY_CONFIG)), tiny_mixture)
+    cfg.work_dir = str(work_dir)
+    cfg.randomness = dict(seed=0)
+    # Not damex_tiny.py: the runner dumps its own (val-less) copy there.
+    config_path = work_dir / 'damex_tiny_with_val.py'
+    cfg.dump(str(config_path))
+    train = copy.deepcopy(cfg)
+    train.train_cfg.update(max_iters=1, val_interval=1)
+    train.update(val_cfg=None, val_dataloader=None, val_evaluator=None)
+    train.default_hooks.checkpoint = dict(type='CheckpointHook',
+                                          by_epoch=False, interval=1)
+    Runner.from_cfg(train).train()
+    return config_path, work_dir / 'iter_1.pth'

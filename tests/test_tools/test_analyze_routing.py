@@ -1,5 +1,4 @@
 """Routing statistics, their plots and tools/analysis_tools/analyze_routing.py."""
-import copy
 import json
 import subprocess
 import sys
@@ -8,35 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mmengine.config import Config
-from mmengine.runner import Runner
 
 from damex_mmdet.analysis import RoutingAnalysisError, analyze_routing
 from damex_mmdet.visualization import RoutingStatistics, plot_routing_heatmaps
 
-from ..conftest import TINY_CONFIG, point_at_mixture
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOL = REPO_ROOT / 'tools' / 'analysis_tools' / 'analyze_routing.py'
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 LAYERS = ['decoder.layers.0.ffn', 'decoder.layers.2.ffn']
-
-
-@pytest.fixture(scope='module')
-def tiny_checkpoint(tiny_mixture, tmp_path_factory):
-    """The tiny DAMEX config (val data included) and its weights after one iteration."""
-    work_dir = tmp_path_factory.mktemp('routing_checkpoint')
-    cfg = point_at_mixture(Config.fromfile(str(TINY_CONFIG)), tiny_mixture)
-    cfg.work_dir = str(work_dir)
-    cfg.randomness = dict(seed=0)
-    # Not damex_tiny.py: the runner dumps its own (val-less) copy there.
-    config_path = work_dir / 'damex_tiny_with_val.py'
-    cfg.dump(str(config_path))
-    train = copy.deepcopy(cfg)
-    train.train_cfg.update(max_iters=1, val_interval=1)
-    train.update(val_cfg=None, val_dataloader=None, val_evaluator=None)
-    train.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False, interval=1)
-    Runner.from_cfg(train).train()
-    return config_path, work_dir / 'iter_1.pth'
 
 
 def sample(dataset, counts, layers=LAYERS):

@@ -1,5 +1,4 @@
 """tools/infer.py on real photos with a tiny trained DAMEX checkpoint."""
-import copy
 import importlib.util
 import json
 import subprocess
@@ -9,7 +8,6 @@ from pathlib import Path
 import cv2
 import pytest
 from mmengine.config import Config
-from mmengine.runner import Runner
 
 from ..conftest import TINY_CONFIG, point_at_mixture
 
@@ -32,16 +30,10 @@ def load_tool():
 
 
 @pytest.fixture(scope='module')
-def tiny_checkpoint(tiny_mixture, tmp_path_factory):
-    """The tiny DAMEX config and its weights after one training iteration."""
-    work_dir = tmp_path_factory.mktemp('infer_checkpoint')
-    cfg = point_at_mixture(Config.fromfile(str(TINY_CONFIG)), tiny_mixture)
-    cfg.work_dir = str(work_dir)
-    cfg.randomness = dict(seed=0)
-    cfg.train_cfg.update(max_iters=1, val_interval=1)
-    cfg.update(val_cfg=None, val_dataloader=None, val_evaluator=None)
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False, interval=1)
-    Runner.from_cfg(copy.deepcopy(cfg)).train()
+def infer_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint with a config whose data does not exist."""
+    _, checkpoint = tiny_checkpoint
+    work_dir = tmp_path_factory.mktemp('infer_config')
     # Inference must not need the training data: point the config elsewhere.
     cfg = point_at_mixture(Config.fromfile(str(TINY_CONFIG)), work_dir / 'absent')
     # Keep 100 of the 10 queries x 11 classes: at least 20 of every 3-class
@@ -49,12 +41,12 @@ def tiny_checkpoint(tiny_mixture, tmp_path_factory):
     cfg.model.test_cfg.max_per_img = 100
     config_path = work_dir / 'infer_config.py'
     cfg.dump(str(config_path))
-    return config_path, work_dir / 'iter_1.pth'
+    return config_path, checkpoint
 
 
 @needs_realdata
-def test_tool_draws_boxes_on_a_real_photo(tiny_checkpoint, tmp_path):
-    config, checkpoint = tiny_checkpoint
+def test_tool_draws_boxes_on_a_real_photo(infer_checkpoint, tmp_path):
+    config, checkpoint = infer_checkpoint
     result = subprocess.run(
         [sys.executable, str(TOOL), str(FACE), str(config), str(checkpoint),
          '--out-dir', str(tmp_path), '--score-thr', '0', '--device', 'cpu', '--no-progress'],
@@ -74,8 +66,8 @@ def test_tool_draws_boxes_on_a_real_photo(tiny_checkpoint, tmp_path):
 
 
 @needs_realdata
-def test_dataset_option_keeps_only_its_classes(tiny_checkpoint, tmp_path):
-    config, checkpoint = tiny_checkpoint
+def test_dataset_option_keeps_only_its_classes(infer_checkpoint, tmp_path):
+    config, checkpoint = infer_checkpoint
     tool = load_tool()
     predictions = tool.infer(str(TERRAIN), str(config), str(checkpoint), str(tmp_path),
                              dataset='aerial', score_thr=0, device='cpu', progress=False)
@@ -87,8 +79,8 @@ def test_dataset_option_keeps_only_its_classes(tiny_checkpoint, tmp_path):
 
 
 @needs_realdata
-def test_unknown_dataset_lists_the_known_ones(tiny_checkpoint, tmp_path):
-    config, checkpoint = tiny_checkpoint
+def test_unknown_dataset_lists_the_known_ones(infer_checkpoint, tmp_path):
+    config, checkpoint = infer_checkpoint
     with pytest.raises(ValueError, match='photo, sketch, aerial, scan'):
         load_tool().infer(str(FACE), str(config), str(checkpoint), str(tmp_path),
                           dataset='coco', device='cpu', progress=False)
