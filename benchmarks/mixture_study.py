@@ -168,7 +168,8 @@ def main(argv=None):
         for setting, model, seed in progress:
             results[setting][model].append(
                 run(setting, model, seed, args, progress))
-    out = Path(args.work_dir) / f'results{"_" + args.tag if args.tag else ""}.json'
+    suffix = f'_{args.tag}' if args.tag else ''
+    out = Path(args.work_dir) / f'results{suffix}.json'
     out.write_text(json.dumps(results, indent=2))
     print(f'\nResults ({len(args.seeds)} seeds, {args.max_iters} iterations, '
           f'±half the range over seeds): {out}')
