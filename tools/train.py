@@ -4,15 +4,7 @@
 `torchrun --nproc_per_node N tools/train.py CONFIG --launcher pytorch`, on GPUs
 and, through a gloo process group, on CPU-only machines.
 """
-import os.path as osp
-import runpy
-
-import mmdet
-
-from damex_mmdet.engine import init_cpu_process_group
+from damex_mmdet.engine import run_mmdet_tool
 
 if __name__ == '__main__':
-    init_cpu_process_group()
-    runpy.run_path(
-        osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'train.py'),
-        run_name='__main__')
+    run_mmdet_tool('train')
