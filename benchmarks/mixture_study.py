@@ -16,6 +16,7 @@ Settings (the paper's three, at demo scale):
 Usage:
     python benchmarks/mixture_study.py [--settings default] [--seeds 0 1]
         [--models dino moe damex] [--max-iters 500]
+        [--num-train N --num-val N]   # smoke runs on smaller mixtures
         [--tag NAME --cfg-options KEY=VALUE ...]   # a variant, e.g.
         # --tag weight1 --cfg-options model.routing_loss.loss_weight=1.0
 Results: work_dirs/study/results.json and a markdown table on stdout.
@@ -52,6 +53,12 @@ def parse_args(argv=None):
                         choices=sorted(CONFIGS))
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
     parser.add_argument('--max-iters', type=int, default=500)
+    parser.add_argument('--num-train', type=int, default=None,
+                        help='training images per dataset in every setting, '
+                        'for smoke runs (default: the setting\'s own)')
+    parser.add_argument('--num-val', type=int, default=None,
+                        help='validation images per dataset, for smoke runs '
+                        '(default: the generator\'s)')
     parser.add_argument('--work-dir', default='work_dirs/study')
     parser.add_argument('--data-dir', default='data/study')
     parser.add_argument('--tag', default='',
@@ -109,13 +116,22 @@ def run(setting, model, seed, args, progress):
     data_root = Path(args.data_dir) / setting
     run_name = f'{model}{"_" + args.tag if args.tag else ""}_seed{seed}'
     work_dir = Path(args.work_dir) / setting / run_name
+    config = work_dir.parent / f'{run_name}.py'
+    # The first line records what the config cannot show, so a finished run
+    # is reused only for the same mixture sizes and overrides.
+    text = (f'# mixture_study.py: num_train={args.num_train} '
+            f'num_val={args.num_val} cfg_options={args.cfg_options}\n'
+            + study_config(setting, data_root, model, seed, args.max_iters))
     metrics = final_metrics(work_dir)
     if metrics is not None:
-        return metrics
-    config = work_dir.parent / f'{run_name}.py'
+        if config.exists() and config.read_text() == text:
+            return metrics
+        raise SystemExit(
+            f'{work_dir} holds a finished run whose parameters differ from '
+            f'this study\'s (compare {config}). Pass another --work-dir or '
+            '--tag, or delete that run to retrain it.')
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(study_config(setting, data_root, model, seed,
-                                   args.max_iters))
+    config.write_text(text)
     command = [sys.executable, str(REPO / 'tools' / 'train.py'), str(config),
                '--work-dir', str(work_dir)]
     if args.cfg_options:
@@ -158,11 +174,14 @@ def summarise(results):
 
 def main(argv=None):
     args = parse_args(argv)
-    jobs = [(s, m, seed) for s in args.settings for m in args.models
-            for seed in args.seeds]
+    # Seed-major order: an interrupted study has every model at the first
+    # seed before any model at the second.
+    jobs = [(s, m, seed) for s in args.settings for seed in args.seeds
+            for m in args.models]
     for setting in args.settings:
+        num_train = args.num_train or SETTINGS[setting]['num_train']
         generate_demo_mixture(Path(args.data_dir) / setting,
-                              num_train=SETTINGS[setting]['num_train'])
+                              num_train=num_train, num_val=args.num_val)
     results = {s: {m: [] for m in args.models} for s in args.settings}
     with tqdm(jobs, desc='study runs', unit='run') as progress:
         for setting, model, seed in progress:
@@ -170,7 +189,10 @@ def main(argv=None):
                 run(setting, model, seed, args, progress))
     suffix = f'_{args.tag}' if args.tag else ''
     out = Path(args.work_dir) / f'results{suffix}.json'
-    out.write_text(json.dumps(results, indent=2))
+    # Settings studied by earlier invocations stay in the file.
+    stored = json.loads(out.read_text()) if out.exists() else {}
+    stored.update(results)
+    out.write_text(json.dumps(stored, indent=2))
     print(f'\nResults ({len(args.seeds)} seeds, {args.max_iters} iterations, '
           f'±half the range over seeds): {out}')
     print(summarise(results))
