@@ -231,3 +231,34 @@ def test_padded_denoising_queries_do_not_count(model_cfg):
         expected.append(per_image.sum() / weights.sum())
     torch.testing.assert_close(losses['loss_route'],
                                0.1 * torch.stack(expected).mean())
+
+
+def test_encoder_moe_counts_every_token_of_unpadded_batches(model_cfg):
+    # mmdet gives the encoder no padding mask when all images share a shape.
+    model = build(model_cfg, moe_layers=dict(encoder=[0], decoder=[1]))
+    inputs, samples = make_batch(['photo', 'scan'])
+    losses = model.loss(inputs, samples)
+    assert torch.isfinite(losses['loss_route'])
+    name, moe = next(model.named_moe_layers())
+    assert name == 'encoder.layers.0.ffn'
+    assert model._counted_tokens(name, moe, samples).all()
+
+    model.eval()
+    with torch.no_grad():
+        results = model.predict(inputs, samples)
+    num_encoder_tokens = moe.last_gate_logits.shape[1]
+    assert results[0].metainfo['moe_layers'][0] == name
+    assert int(results[0].routing_counts[0].sum()) == num_encoder_tokens
+
+
+def test_encoder_moe_skips_padded_feature_positions(model_cfg):
+    model = build(model_cfg, moe_layers=dict(encoder=[0], decoder=[1]))
+    inputs, samples = make_batch(['photo', 'scan'])
+    samples[1].set_metainfo(dict(img_shape=(32, 64)))
+    losses = model.loss(inputs, samples)
+    assert torch.isfinite(losses['loss_route'])
+    name, moe = next(model.named_moe_layers())
+    counted = model._counted_tokens(name, moe, samples)
+    assert counted[0].all()
+    # The second image fills the top half of the batch shape.
+    assert 0.4 < counted[1].float().mean() < 0.6

@@ -166,7 +166,8 @@ class DAMEX(DINO):
             experts.append(self.dataset_to_expert[name])
         return torch.tensor(experts, dtype=torch.long, device=device)
 
-    def forward_encoder(self, feat: Tensor, feat_mask: Tensor, **kwargs) -> Dict:
+    def forward_encoder(self, feat: Tensor, feat_mask: Optional[Tensor],
+                        **kwargs) -> Dict:
         # The routing loss and statistics must skip the encoder's padding
         # tokens, whose mask only this step sees.
         self._encoder_padding_mask = feat_mask
@@ -184,11 +185,14 @@ class DAMEX(DINO):
             Tensor: Bool, the MoE input's leading shape (batch, tokens).
         """
         batch, num_tokens = moe.last_gate_logits.shape[:2]
-        if name.startswith('encoder.'):
-            return ~self._encoder_padding_mask.bool()
         device = moe.last_gate_logits.device
         counted = torch.ones(batch, num_tokens, dtype=torch.bool,
                              device=device)
+        if name.startswith('encoder.'):
+            # mmdet passes no mask when every image fills the batch shape.
+            if self._encoder_padding_mask is None:
+                return counted
+            return ~self._encoder_padding_mask.bool()
         num_denoising = num_tokens - self.num_queries
         if num_denoising <= 0:
             return counted
