@@ -112,9 +112,14 @@ def final_metrics(work_dir: Path):
     return None
 
 
+def variant_suffix(args) -> str:
+    """What a variant's run and result file names carry after the model."""
+    return f'_{args.tag}' if args.tag else ''
+
+
 def run(setting, model, seed, args, progress):
     data_root = Path(args.data_dir) / setting
-    run_name = f'{model}{"_" + args.tag if args.tag else ""}_seed{seed}'
+    run_name = f'{model}{variant_suffix(args)}_seed{seed}'
     work_dir = Path(args.work_dir) / setting / run_name
     config = work_dir.parent / f'{run_name}.py'
     # The first line records what the config cannot show, so a finished run
@@ -187,8 +192,7 @@ def main(argv=None):
         for setting, model, seed in progress:
             results[setting][model].append(
                 run(setting, model, seed, args, progress))
-    suffix = f'_{args.tag}' if args.tag else ''
-    out = Path(args.work_dir) / f'results{suffix}.json'
+    out = Path(args.work_dir) / f'results{variant_suffix(args)}.json'
     # Settings studied by earlier invocations stay in the file.
     stored = json.loads(out.read_text()) if out.exists() else {}
     stored.update(results)
