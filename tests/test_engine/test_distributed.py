@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo) through mmengine's launcher train like one."""
+"""Two CPU processes (gloo) through mmengine's launcher, on one node or on
+two, train like one."""
 import json
 import os
 import shutil
@@ -45,6 +46,8 @@ custom_hooks = [dict(type='MixtureCheckHook'), dict(type='DDPProbeHook')]
 randomness = dict(seed=0)
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 """
+TRAIN = str(REPO_ROOT / 'tools' / 'train.py')
+TORCHRUN = Path(sys.executable).parent / 'torchrun'
 
 
 def free_port():
@@ -53,10 +56,14 @@ def free_port():
         return s.getsockname()[1]
 
 
+def env_with_hooks():
+    """The environment, with this folder's hooks importable."""
+    return dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+
+
 def run(args, cwd):
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(args, cwd=cwd, env=env_with_hooks(),
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
 
 
@@ -77,23 +84,25 @@ def one_box_per_image(source: Path, target: Path) -> None:
         ann_file.write_text(json.dumps(content))
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tiny_mixture,
-                                                            tmp_path):
-    one_box_per_image(tiny_mixture, tmp_path / 'data' / 'demo_mixture')
-    (tmp_path / 'single.py').write_text(CONFIG.replace('{batch}', '2'))
-    (tmp_path / 'ddp.py').write_text(CONFIG.replace('{batch}', '1'))
-    train = str(REPO_ROOT / 'tools' / 'train.py')
-    run([sys.executable, train, 'single.py', '--work-dir', 'single'],
-        tmp_path)
-    torchrun = Path(sys.executable).parent / 'torchrun'
-    run([str(torchrun), '--nproc_per_node', '2', '--master_port',
-         str(free_port()), train, 'ddp.py', '--launcher', 'pytorch',
-         '--work-dir', 'ddp'], tmp_path)
+@pytest.fixture(scope='module')
+def one_process_run(tiny_mixture, tmp_path_factory):
+    """A directory with the mixture (one box per image), ``single.py``
+    (batch 2) and ``ddp.py`` (batch 1), and the one-process run of
+    ``single.py`` in ``single/``."""
+    root = tmp_path_factory.mktemp('distributed')
+    one_box_per_image(tiny_mixture, root / 'data' / 'demo_mixture')
+    (root / 'single.py').write_text(CONFIG.replace('{batch}', '2'))
+    (root / 'ddp.py').write_text(CONFIG.replace('{batch}', '1'))
+    run([sys.executable, TRAIN, 'single.py', '--work-dir', 'single'], root)
+    return root
 
-    probes = [json.loads((tmp_path / 'ddp' / f'probe_rank{r}.json')
+
+def assert_same_training(root: Path, work_dir: str) -> None:
+    """Two ranks in ``root/work_dir`` trained like the one process of
+    ``root/single``: same global batches, same final weights."""
+    probes = [json.loads((root / work_dir / f'probe_rank{r}.json')
                          .read_text()) for r in (0, 1)]
-    single = json.loads((tmp_path / 'single' / 'probe_rank0.json')
-                        .read_text())
+    single = json.loads((root / 'single' / 'probe_rank0.json').read_text())
     # The sampler splits every global batch between the ranks.
     for step, images in enumerate(single['images']):
         ranks = [probe['images'][step] for probe in probes]
@@ -103,18 +112,50 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_mixture,
     assert probes[0]['moe_sums'] == probes[1]['moe_sums']
 
     # One checkpoint, written once, equal to the single-process model.
-    assert sorted(p.name for p in (tmp_path / 'ddp').glob('*.pth')) == [
+    assert sorted(p.name for p in (root / work_dir).glob('*.pth')) == [
         'iter_3.pth']
-    expected = torch.load(tmp_path / 'single' / 'iter_3.pth')['state_dict']
-    result = torch.load(tmp_path / 'ddp' / 'iter_3.pth')['state_dict']
+    expected = torch.load(root / 'single' / 'iter_3.pth')['state_dict']
+    result = torch.load(root / work_dir / 'iter_3.pth')['state_dict']
     for key, value in expected.items():
         torch.testing.assert_close(result[key], value, rtol=1e-4, atol=1e-5,
                                    msg=key)
 
+
+def test_two_processes_match_one_with_the_same_global_batch(one_process_run,
+                                                            tmp_path):
+    root = one_process_run
+    run([str(TORCHRUN), '--nproc_per_node', '2', '--master_port',
+         str(free_port()), TRAIN, 'ddp.py', '--launcher', 'pytorch',
+         '--work-dir', 'ddp'], root)
+    assert_same_training(root, 'ddp')
+
     # A checkpoint from 2 processes loads in 1.
     run([sys.executable, str(REPO_ROOT / 'tools' / 'test.py'), 'ddp.py',
-         str(tmp_path / 'ddp' / 'iter_3.pth'), '--work-dir', 'test'],
-        tmp_path)
+         str(root / 'ddp' / 'iter_3.pth'), '--work-dir', str(tmp_path)],
+        root)
+
+
+def test_two_nodes_match_one_process_with_the_same_global_batch(
+        one_process_run):
+    """Two torchrun agents meeting through a c10d rendezvous, as two
+    machines of one process each would (here both on 127.0.0.1)."""
+    root = one_process_run
+    endpoint = f'127.0.0.1:{free_port()}'
+    nodes = [subprocess.Popen(
+        [str(TORCHRUN), '--nnodes', '2', '--nproc_per_node', '1',
+         '--node-rank', str(node), '--rdzv-backend', 'c10d',
+         '--rdzv-endpoint', endpoint, '--rdzv-id', 'two_nodes', TRAIN,
+         'ddp.py', '--launcher', 'pytorch', '--work-dir', 'nodes'],
+        cwd=root, env=env_with_hooks(), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True) for node in (0, 1)]
+    try:
+        outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    for node, output in zip(nodes, outputs):
+        assert node.returncode == 0, output[-4000:]
+    assert_same_training(root, 'nodes')
 
 
 def _ddp_worker(rank, port, results):
