@@ -1,3 +1,4 @@
+from .amp import AmpOptimWrapper
 from .atomic_local_backend import AtomicLocalBackend
 from .checkpoint import allow_mmengine_checkpoints
 from .cpu_distributed import init_cpu_process_group
@@ -7,6 +8,6 @@ from .mmdet_tools import run_mmdet_tool
 allow_mmengine_checkpoints()
 
 __all__ = [
-    'AtomicLocalBackend', 'allow_mmengine_checkpoints',
+    'AmpOptimWrapper', 'AtomicLocalBackend', 'allow_mmengine_checkpoints',
     'init_cpu_process_group', 'run_mmdet_tool'
 ]
