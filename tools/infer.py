@@ -1,10 +1,11 @@
 """Detect objects in images with a checkpoint trained on a dataset mixture.
 
 Boxes are labelled with the unified, dataset-qualified class names stored in
-the checkpoint ('photo:car'). With --dataset only that dataset's classes are
-kept, as when the domain of the images is known. The DAMEX gate routes by
-itself (no dataset id is needed). Writes one drawn image per input under
-OUT_DIR/vis/ and OUT_DIR/predictions.json. Example::
+the checkpoint ('photo:car'). With --dataset only that dataset's classes
+compete for the model's detections, as when the domain of the images is
+known. The DAMEX gate routes by itself (no dataset id is needed). Writes one
+drawn image per input under OUT_DIR/vis/ and OUT_DIR/predictions.json. Only
+the config and the checkpoint are needed, not the training data. Example::
 
     python tools/infer.py demo/photos configs/demo/damex_demo.py \\
         work_dirs/damex_demo/iter_500.pth --out-dir infer_out --dataset photo
@@ -15,19 +16,23 @@ import os.path as osp
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import torch
+import numpy as np
 from mmdet.apis import DetInferencer
 
 from damex_mmdet.datasets.label_space import UnifiedLabelSpace
+from damex_mmdet.datasets.mixture import DATASET_CLASSES_KEY, DATASET_NAME_KEY
+from damex_mmdet.models.dense_heads import DatasetAwareDINOHead
 
 
 class MixtureDetInferencer(DetInferencer):
-    """mmdet's ``DetInferencer`` for checkpoints of a ``DatasetMixture``.
+    """mmdet's ``DetInferencer`` that can restrict detection to one dataset.
 
-    Two changes: the palette is read from the checkpoint (``DetInferencer``
-    builds the config's test dataset for it, which fails wherever the
-    training annotations are absent), and ``dataset`` keeps only that
-    dataset's classes in the predictions, before they are drawn.
+    With ``dataset``, every image is tagged as :class:`DatasetMixture` tags
+    that dataset's images in test mode, and the head's class protocol is set
+    to ``'dataset'``: only that dataset's classes compete for the
+    ``max_per_img`` detections (:class:`DatasetAwareDINOHead`), so the
+    images get that many boxes of the dataset however the other classes
+    score.
 
     Args:
         dataset (str, optional): A dataset of the checkpoint's label space.
@@ -36,7 +41,7 @@ class MixtureDetInferencer(DetInferencer):
 
     def __init__(self, *args, dataset: Optional[str] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.class_mask = None
+        self.dataset_tags = None
         if dataset is not None:
             meta = self.model.dataset_meta or {}
             if 'label_space' not in meta:
@@ -48,22 +53,26 @@ class MixtureDetInferencer(DetInferencer):
                 raise ValueError(
                     f'unknown dataset {dataset!r}: the checkpoint was trained '
                     f'on {", ".join(space.dataset_names)}')
-            self.class_mask = torch.from_numpy(space.class_mask(dataset))
-
-    def _load_weights_to_model(self, model, checkpoint, cfg) -> None:
-        meta = ((checkpoint or {}).get('meta') or {}).get('dataset_meta') or {}
-        if self.palette == 'none' and meta.get('palette') is not None:
-            self.palette = meta['palette']
-        super()._load_weights_to_model(model, checkpoint, cfg)
+            head = self.model.bbox_head
+            if not isinstance(head, DatasetAwareDINOHead):
+                raise ValueError(
+                    f'--dataset needs model.bbox_head of type '
+                    f'DatasetAwareDINOHead, which restricts the classes before '
+                    f'choosing the top detections; the config builds a '
+                    f'{type(head).__name__}. Set bbox_head.type='
+                    f'"DatasetAwareDINOHead" (the weights are the same).')
+            head.class_protocol = 'dataset'
+            self.dataset_tags = {
+                DATASET_NAME_KEY: dataset,
+                DATASET_CLASSES_KEY:
+                np.flatnonzero(space.class_mask(dataset)).tolist()
+            }
 
     def forward(self, inputs, **kwargs):
-        data_samples = super().forward(inputs, **kwargs)
-        if self.class_mask is not None:
-            for sample in data_samples:
-                pred = sample.pred_instances
-                sample.pred_instances = pred[
-                    self.class_mask.to(pred.labels.device)[pred.labels]]
-        return data_samples
+        if self.dataset_tags is not None:
+            for sample in inputs['data_samples']:
+                sample.set_metainfo(self.dataset_tags)
+        return super().forward(inputs, **kwargs)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -24,6 +24,13 @@ RAW_INSTANCES_KEY = 'instances'
 DATASET_CLASSES_KEY = 'dataset_classes'
 
 
+def _palette(num_classes: int) -> List[Tuple[int, int, int]]:
+    """A fixed random RGB colour per unified class."""
+    rng = np.random.RandomState(0)
+    return [tuple(int(v) for v in rng.randint(0, 256, 3))
+            for _ in range(num_classes)]
+
+
 @DATASETS.register_module()
 class DatasetMixture(Dataset):
     """Concatenate detection datasets whose class lists differ.
@@ -181,15 +188,16 @@ class DatasetMixture(Dataset):
 
         ``classes`` are the unified, dataset-qualified class names, so
         ``init_detector`` and ``DetInferencer`` name predictions correctly.
+        Before :meth:`full_init` (``lazy_init=True``, as those two build the
+        test dataset for its palette) no file is read: see
+        :meth:`_config_metainfo`.
         """
-        self.full_init()
+        if not self._fully_initialized:
+            return self._config_metainfo()
         space = self.label_space
-        rng = np.random.RandomState(0)
-        palette = [tuple(int(v) for v in rng.randint(0, 256, 3))
-                   for _ in range(space.num_classes)]
         return dict(
             classes=space.classes,
-            palette=palette,
+            palette=_palette(space.num_classes),
             dataset_names=list(self.names),
             label_space=space.to_dict(),
             dataset_cat_ids={
@@ -197,6 +205,27 @@ class DatasetMixture(Dataset):
                            or range(1, len(d.metainfo['classes']) + 1))
                 for name, d in zip(self.names, self.datasets)
             })
+
+    def _config_metainfo(self) -> Dict:
+        """What the config states, for inference without the annotations.
+
+        ``dataset_names``; and ``classes``, ``palette`` and ``label_space``
+        when every entry lists its classes (``classes`` or
+        ``metainfo.classes``), since otherwise they come from the annotation
+        files. A checkpoint stores the full metainfo, which ``init_detector``
+        and ``DetInferencer`` read.
+        """
+        meta = dict(dataset_names=list(self.names))
+        classes = [entry.get('classes')
+                   or (entry.get('metainfo') or {}).get('classes')
+                   for entry in self._entries]
+        if all(classes):
+            space = UnifiedLabelSpace(dict(zip(self.names, classes)),
+                                      **self.label_space_cfg)
+            meta.update(classes=space.classes,
+                        palette=_palette(space.num_classes),
+                        label_space=space.to_dict())
+        return meta
 
     def __len__(self) -> int:
         self.full_init()
