@@ -2,6 +2,7 @@
 format, exact boxes out, and the json loads in pycocotools and in mmdet's CocoDataset."""
 import json
 import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from damex_mmdet.datasets.converters import (DOTA_CLASSES, LISA_CLASSES, VOC_STY
                                              dlib_to_coco, dota_to_coco, kitti_to_coco,
                                              lisa_class_of, lisa_to_coco, validate_coco,
                                              voc_to_coco, widerface_to_coco, write_coco_json)
+from damex_mmdet.datasets.converters.coco_builder import read_image_size
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / 'shared'
@@ -158,6 +160,54 @@ def test_voc_real_labelme_files(tmp_path):
     assert [name for name, _, _ in boxes_of(coco, '2011_000025.jpg')] == ['bus', 'bus', 'car']
     check_loads(coco, root / 'JPEGImages', tmp_path)
 
+@needs_realdata
+def test_voc_size_that_disagrees_with_the_image(tmp_path, monkeypatch, capsys):
+    """labelme's 2011_000003.xml with <width> 400 instead of the JPEG's 500: stop, or take
+    the image's size with --fix-sizes; never clip the boxes to the wrong size."""
+    root = tmp_path / 'voc2011'
+    shutil.copytree(REALDATA / 'voc2011', root)
+    xml_file = root / 'Annotations' / '2011_000003.xml'
+    xml_file.write_text(xml_file.read_text().replace('<width>500</width>', '<width>400</width>'))
+    with pytest.raises(ConversionError, match=r'2011_000003\.xml: the annotation gives the '
+                       r'image size 400x338, but .*2011_000003\.jpg is 500x338.*--fix-sizes'):
+        voc_to_coco(root / 'Annotations', root / 'JPEGImages')
+
+    coco, stats = voc_to_coco(root / 'Annotations', root / 'JPEGImages', fix_sizes=True)
+    assert coco == voc_to_coco(REALDATA / 'voc2011' / 'Annotations',
+                               REALDATA / 'voc2011' / 'JPEGImages').coco
+    assert stats.sizes_corrected == 1
+    assert 'warning: 1 image size' in stats.summary()
+    assert '2011_000003.xml' in stats.summary()
+
+    out_file = tmp_path / 'train.json'
+    run_cli_in_process('voc2coco', [root, '--out', out_file, '--fix-sizes'], monkeypatch)
+    assert json.loads(out_file.read_text()) == coco
+    assert 'warning: 1 image size' in capsys.readouterr().out
+
+
+def test_image_size_is_the_size_mmdet_loads(tmp_path):
+    """A JPEG stored 50x30 with EXIF orientation 6 (rotate by 90 degrees): mmcv loads it
+    upright, 30 wide and 50 high, and so must the converters measure it."""
+    import mmcv
+    image_file = tmp_path / 'JPEGImages' / 'r.jpg'
+    image_file.parent.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((30, 50, 3), np.uint8)).save(image_file, exif=exif.tobytes())
+    height, width = mmcv.imread(str(image_file)).shape[:2]
+    assert read_image_size(image_file) == (width, height) == (30, 50)
+
+    box = voc_object('dog', (1, 1, 30, 50))
+    write(tmp_path / 'Annotations' / 'r.xml', f'<annotation><filename>r.jpg</filename>{box}'
+          '</annotation>')
+    coco, stats = voc_to_coco(tmp_path / 'Annotations', tmp_path / 'JPEGImages')
+    assert (coco['images'][0]['width'], coco['images'][0]['height']) == (30, 50)
+    assert stats.clipped == 0
+    # A labelling tool that shows the photo upright writes that size too: no mismatch.
+    write(tmp_path / 'Annotations' / 'r.xml', '<annotation><filename>r.jpg</filename><size>'
+          f'<width>30</width><height>50</height></size>{box}</annotation>')
+    assert voc_to_coco(tmp_path / 'Annotations', tmp_path / 'JPEGImages').coco == coco
+
 
 # --- KITTI --------------------------------------------------------------------------------
 
@@ -291,6 +341,11 @@ def test_lisa_csv(tmp_path):
 
 def test_lisa_bad_csv(tmp_path):
     csv_file = write(tmp_path / 'a.csv', LISA_HEADER + 'f.png;stop;1;2;x;4;0,0;a;1;0;1\n')
+    csv_file.write_bytes((LISA_HEADER + 'f\N{LATIN SMALL LETTER E WITH ACUTE}.png;stop;1;2;3;4;'
+                          '0,0;a;1;0;1\n').encode('latin-1'))
+    with pytest.raises(ConversionError, match=r'a\.csv:2: byte 0xe9 .*not UTF-8'):
+        lisa_to_coco(csv_file)
+    write(tmp_path / 'a.csv', LISA_HEADER + 'f.png;stop;1;2;x;4;0,0;a;1;0;1\n')
     with pytest.raises(ConversionError, match=r'a\.csv:2: the corner columns must be numbers'):
         lisa_to_coco(csv_file)
     write(tmp_path / 'a.csv', 'Filename,Annotation tag\n')
@@ -335,7 +390,35 @@ def test_dota_bad_lines(dota_root):
     with pytest.raises(ConversionError, match=r"P0001\.txt:1: class 'container-crane'"):
         dota_to_coco(dota_root / 'labelTxt', dota_root / 'images')
     write(dota_root / 'labelTxt' / 'P0001.txt', 'gsd:null\n1 1 5 1 plane 0\n')
-    with pytest.raises(ConversionError, match=r'P0001\.txt:2: expected 8 coordinates'):
+    with pytest.raises(ConversionError,
+                       match=r"P0001\.txt:2: malformed line.*4 numbers before 'plane'"):
+        dota_to_coco(dota_root / 'labelTxt', dota_root / 'images')
+    write(dota_root / 'labelTxt' / 'P0001.txt', '1 1 5 1 5 5 1 5 0\n')
+    with pytest.raises(ConversionError, match=r'P0001\.txt:1: malformed line.*no class name'):
+        dota_to_coco(dota_root / 'labelTxt', dota_root / 'images')
+
+
+@needs_realdata
+@pytest.mark.parametrize('skip_unknown', [False, True])
+def test_dota_line_with_seven_coordinates_is_malformed(tmp_path, skip_unknown):
+    """Not a box of class '0' without a difficulty: a polygon that lost a coordinate."""
+    root = tmp_path / 'dota'
+    shutil.copytree(REALDATA / 'dota', root)
+    label_file = root / 'labelTxt' / 'P0004__1__0___0.txt'
+    lines = label_file.read_text().splitlines()
+    fields = lines[3].split()
+    lines[3] = ' '.join(fields[:6] + fields[7:])
+    label_file.write_text('\n'.join(lines) + '\n')
+    with pytest.raises(ConversionError, match=r"P0004__1__0___0\.txt:4: malformed line.*"
+                       r"got 7 numbers before 'plane'"):
+        dota_to_coco(root / 'labelTxt', root / 'images', skip_unknown=skip_unknown)
+
+
+def test_dota_label_file_that_is_not_utf8(dota_root):
+    label_file = dota_root / 'labelTxt' / 'P0001.txt'
+    label_file.write_bytes('imagesource:G\N{LATIN SMALL LETTER E WITH ACUTE}oportail\n'
+                           '10 20 30 10 40 30 20 40 plane 0\n'.encode('latin-1'))
+    with pytest.raises(ConversionError, match=r'P0001\.txt:1: byte 0xe9 .*not UTF-8.*iconv'):
         dota_to_coco(dota_root / 'labelTxt', dota_root / 'images')
 
 
@@ -421,6 +504,30 @@ def test_dlib_real_faces(tmp_path):
                                                  ('face', [125.0, 214.0, 90.0, 91.0], 0)]
     check_loads(coco, root, tmp_path)
 
+@needs_realdata
+def test_dlib_size_that_disagrees_with_the_image(tmp_path, monkeypatch, capsys):
+    root = tmp_path / 'faces'
+    shutil.copytree(REALDATA / 'faces', root)
+    xml_file = root / 'training.xml'
+    xml_file.write_bytes(xml_file.read_bytes().replace(
+        b"file='2007_007763.jpg' width='500'", b"file='2007_007763.jpg' width='400'"))
+    with pytest.raises(ConversionError, match=r'training\.xml \(image 1: 2007_007763\.jpg\): '
+                       r'the annotation gives the image size 400x375, but .* is 500x375'):
+        dlib_to_coco(xml_file)
+    out_file = tmp_path / 'train.json'
+    run_cli_in_process('dlib2coco', [xml_file, '--out', out_file, '--fix-sizes'], monkeypatch)
+    assert json.loads(out_file.read_text()) == dlib_to_coco(REALDATA / 'faces' /
+                                                            'training.xml').coco
+    assert 'warning: 1 image size' in capsys.readouterr().out
+
+
+def test_a_folder_instead_of_an_annotation_file(tmp_path):
+    write(tmp_path / 'faces' / 'training.xml', '<dataset/>')
+    with pytest.raises(ConversionError, match=r'faces is a folder, not a file.*training\.xml'):
+        dlib_to_coco(tmp_path / 'faces')
+    with pytest.raises(ConversionError, match=r'faces is a folder, not a file'):
+        widerface_to_coco(tmp_path / 'faces', tmp_path)
+
 
 # --- the shared COCO writer ---------------------------------------------------------------
 
@@ -477,3 +584,13 @@ def test_voc_cli_from_repo_root(voc_root, tmp_path, monkeypatch, capsys):
 
     with pytest.raises(SystemExit, match=r"^error: .*class 'unicorn'"):
         run_cli_in_process('voc2coco', [voc_root, '--out', out_file], monkeypatch)
+
+
+def test_out_that_is_a_folder(dota_root, tmp_path, monkeypatch):
+    (tmp_path / 'annotations').mkdir()
+    with pytest.raises(SystemExit, match=r'^error: .*annotations is a folder.*--out'):
+        run_cli_in_process('dota2coco', [dota_root, '--out', tmp_path / 'annotations'],
+                           monkeypatch)
+    coco, _ = dota_to_coco(dota_root / 'labelTxt', dota_root / 'images')
+    with pytest.raises(ConversionError, match='annotations is a folder'):
+        write_coco_json(coco, tmp_path / 'annotations')

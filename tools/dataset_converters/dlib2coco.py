@@ -9,7 +9,8 @@ import argparse
 from pathlib import Path
 
 from damex_mmdet.datasets.converters import DLIB_FACE_CLASSES, dlib_to_coco
-from damex_mmdet.datasets.converters.cli import (add_file_name_root_argument, add_out_argument,
+from damex_mmdet.datasets.converters.cli import (add_file_name_root_argument,
+                                                 add_fix_sizes_argument, add_out_argument,
                                                  converter_parser, run_conversion)
 
 
@@ -25,6 +26,7 @@ def parse_args() -> argparse.Namespace:
                         'only class (default: %(default)s)')
     parser.add_argument('--skip-unknown', action='store_true',
                         help='drop boxes whose label is not in --classes instead of stopping')
+    add_fix_sizes_argument(parser)
     add_file_name_root_argument(parser)
     return parser.parse_args()
 
@@ -34,7 +36,8 @@ def main() -> None:
     run_conversion(lambda: dlib_to_coco(args.xml_file, img_dir=args.img_dir,
                                         file_name_root=args.file_name_root,
                                         classes=args.classes.split(','),
-                                        skip_unknown=args.skip_unknown, progress=True),
+                                        skip_unknown=args.skip_unknown,
+                                        fix_sizes=args.fix_sizes, progress=True),
                    args.out)
 
 

@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 
 from damex_mmdet.datasets.converters import VOC_STYLE_CLASSES, voc_to_coco
-from damex_mmdet.datasets.converters.cli import (add_file_name_root_argument, add_out_argument,
+from damex_mmdet.datasets.converters.cli import (add_file_name_root_argument,
+                                                 add_fix_sizes_argument, add_out_argument,
                                                  converter_parser, run_conversion)
 
 
@@ -31,6 +32,7 @@ def parse_args() -> argparse.Namespace:
                         help='drop boxes of classes not in --classes instead of stopping')
     parser.add_argument('--zero-based', action='store_true',
                         help='coordinates are 0-based already (do not subtract 1 from xmin/ymin)')
+    add_fix_sizes_argument(parser)
     add_file_name_root_argument(parser)
     return parser.parse_args()
 
@@ -47,6 +49,7 @@ def main() -> None:
         classes=classes,
         skip_unknown=args.skip_unknown,
         one_based=not args.zero_based,
+        fix_sizes=args.fix_sizes,
         progress=True), args.out)
 
 

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from .coco_builder import Conversion, ConversionError, write_coco_json
+from .coco_builder import Conversion, ConversionError, check_out_file, write_coco_json
 
 
 def converter_parser(description: str) -> argparse.ArgumentParser:
@@ -37,14 +37,24 @@ def add_file_name_root_argument(parser: argparse.ArgumentParser) -> None:
                         'folder (e.g. data/uodb/<name>/images); default: the image folder')
 
 
+def add_fix_sizes_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--fix-sizes``, the ``fix_sizes`` of the converters of formats that write
+    the image size into the annotation."""
+    parser.add_argument('--fix-sizes', action='store_true',
+                        help='when the image size written in an annotation differs from '
+                        "the image file's, use the file's size and count it in the summary "
+                        'instead of stopping')
+
+
 def run_conversion(convert: Callable[[], Conversion], out: Path) -> None:
     """Run ``convert``, write its COCO json to ``out`` and print what was kept and skipped.
 
-    A :class:`ConversionError`, from the conversion or from validating the json, ends the
-    program with ``error: <message>`` and no traceback: the message already names the
-    file, the line and the fix.
+    A :class:`ConversionError`, from checking ``out``, the conversion or validating the
+    json, ends the program with ``error: <message>`` and no traceback: the message
+    already names the file, the line and the fix.
     """
     try:
+        check_out_file(out)
         conversion = convert()
         write_coco_json(conversion.coco, out)
     except ConversionError as error:

@@ -16,8 +16,12 @@ Conventions shared by all converters:
   (``ignore_flag = 1``, kept out of the training targets) honour. COCO's optional
   ``ignore`` key is not written because mmdet would silently delete such boxes.
 - an image whose file is missing is skipped and counted (conversion of a partial
-  download still works); a split in which every image is missing is an error.
+  download still works); a split in which every image is missing is an error;
+- ``width``/``height`` are the image's size as mmdet loads it (read from the file's
+  header, EXIF orientation applied). A size written in the annotation that disagrees is
+  an error, or is replaced by the file's size with a counted warning (``fix_sizes``).
 """
+import io
 import json
 import math
 import os
@@ -38,6 +42,9 @@ IMAGE_EXTENSIONS = ('.jpg', '.png', '.jpeg', '.bmp', '.tif', '.tiff')
 _DECIMALS = 2
 # Per skip reason, how many offending places the summary names.
 _EXAMPLES_PER_REASON = 3
+# The EXIF tag of the camera's orientation; values 5 to 8 turn the image by 90 degrees.
+_EXIF_ORIENTATION = 0x0112
+_EXIF_QUARTER_TURNS = (5, 6, 7, 8)
 
 
 class ConversionError(ValueError):
@@ -52,8 +59,10 @@ class ConversionStats:
     boxes: int = 0
     ignored: int = 0
     clipped: int = 0
+    sizes_corrected: int = 0
     skipped: Counter = field(default_factory=Counter)
     examples: Dict[str, List[str]] = field(default_factory=dict)
+    corrected_size_examples: List[str] = field(default_factory=list)
 
     def skip(self, reason: str, where: str = '') -> None:
         self.skipped[reason] += 1
@@ -61,10 +70,19 @@ class ConversionStats:
         if where and len(places) < _EXAMPLES_PER_REASON:
             places.append(where)
 
+    def correct_size(self, where: str) -> None:
+        self.sizes_corrected += 1
+        if len(self.corrected_size_examples) < _EXAMPLES_PER_REASON:
+            self.corrected_size_examples.append(where)
+
     def summary(self) -> str:
         lines = [f'images: {self.images}',
                  f'boxes: {self.boxes} (ignored: {self.ignored}, '
                  f'clipped to the image: {self.clipped})']
+        if self.sizes_corrected:
+            lines.append(f'warning: {self.sizes_corrected} image size(s) in the annotations '
+                         "disagreed with the image files and were replaced by the files' "
+                         f'sizes  e.g. {", ".join(self.corrected_size_examples)}')
         if not self.skipped:
             lines.append('skipped: nothing')
         else:
@@ -101,13 +119,24 @@ def find_image(img_dir: Path, file_name: Optional[str], stem: str) -> Optional[s
 
 
 def read_image_size(path: Path) -> Tuple[int, int]:
-    """Return ``(width, height)`` from the image header, without decoding the pixels."""
+    """Return ``(width, height)`` of the image as mmdet loads it, from the file's header.
+
+    PIL reads only the header until the pixels are asked for. mmcv's decoders turn a
+    photo upright by its EXIF orientation, so a quarter turn swaps width and height.
+    """
     try:
         with Image.open(path) as image:
-            return image.size
+            width, height = image.size
+            exif_bytes = image.info.get('exif')
     except OSError as error:
         raise ConversionError(f'{path}: cannot read the image size ({error}). '
                               'Re-download or remove the file.') from error
+    if exif_bytes:
+        exif = Image.Exif()
+        exif.load(exif_bytes)
+        if exif.get(_EXIF_ORIENTATION) in _EXIF_QUARTER_TURNS:
+            return height, width
+    return width, height
 
 
 def _check_classes(classes: Sequence[str]) -> Tuple[str, ...]:
@@ -142,9 +171,10 @@ class CocoBuilder:
     """Accumulates the images and boxes of one dataset split into a COCO dict."""
 
     def __init__(self, classes: Sequence[str], img_dir: PathLike,
-                 file_name_root: Optional[PathLike] = None) -> None:
+                 file_name_root: Optional[PathLike] = None, fix_sizes: bool = False) -> None:
         self.classes = _check_classes(classes)
         self.img_dir = Path(img_dir)
+        self.fix_sizes = fix_sizes
         self._name_prefix = _folder_below(self.img_dir, file_name_root)
         self.stats = ConversionStats()
         self._category_ids = {name: index + 1 for index, name in enumerate(self.classes)}
@@ -160,19 +190,28 @@ class CocoBuilder:
         Args:
             file_name: path relative to ``img_dir``, ``None`` when not found.
             where: the annotation that refers to it, for messages.
-            size: ``(width, height)`` given by the annotation; read from the file when
-                ``None`` or not positive.
+            size: ``(width, height)`` given by the annotation, ``None`` when it has none;
+                the image file's size is used, and a different positive size is an
+                error unless ``fix_sizes``.
         """
         if file_name is None or not (self.img_dir / file_name).is_file():
             self.stats.skip('image file missing', where)
             return None
-        if size is None or min(size) <= 0:
-            size = read_image_size(self.img_dir / file_name)
+        image_size = read_image_size(self.img_dir / file_name)
+        if size is not None and min(size) > 0 and tuple(size) != image_size:
+            if not self.fix_sizes:
+                raise ConversionError(
+                    f'{where}: the annotation gives the image size {size[0]}x{size[1]}, but '
+                    f'the image {self.img_dir / file_name} is {image_size[0]}x'
+                    f'{image_size[1]}, and its boxes would be clipped to the wrong size. '
+                    'Correct the size in the annotation, or pass --fix-sizes '
+                    "(fix_sizes=True) to use the image's size.")
+            self.stats.correct_size(where)
+        width, height = image_size
         file_name = self._name_prefix + file_name
         if file_name in self._file_names:
             raise ConversionError(f'{where}: image {file_name} is annotated twice; '
                                   'merge its annotations or remove the duplicate')
-        width, height = int(size[0]), int(size[1])
         image_id = len(self._images) + 1
         self._images.append(dict(id=image_id, file_name=file_name, width=width, height=height))
         self._sizes[image_id] = (width, height)
@@ -224,6 +263,20 @@ class CocoBuilder:
         return Conversion(coco, self.stats)
 
 
+def duplicate_ids(entries: Iterable[dict]) -> List:
+    """The ``id`` values that more than one of ``entries`` (COCO images or annotations)
+    use, in order of first use."""
+    counts = Counter(entry.get('id') for entry in entries)
+    return [entry_id for entry_id, count in counts.items() if count > 1]
+
+
+def is_xywh_box(bbox) -> bool:
+    """Whether ``bbox`` is a COCO box: a list of 4 finite numbers."""
+    return (isinstance(bbox, list) and len(bbox) == 4
+            and all(isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value) for value in bbox))
+
+
 def validate_coco(coco: dict) -> None:
     """Raise :class:`ConversionError` unless ``coco`` is a well-formed detection dict."""
     problems = []
@@ -235,23 +288,21 @@ def validate_coco(coco: dict) -> None:
     if not all(isinstance(name, str) and name for name in names) or len(set(names)) != len(names):
         problems.append(f'category names must be unique non-empty strings, got {names}')
 
+    problems += [f'image id {image_id} is used twice'
+                 for image_id in duplicate_ids(coco.get('images', []))]
+    problems += [f'annotation id {annotation_id} is used twice'
+                 for annotation_id in duplicate_ids(coco.get('annotations', []))]
     sizes = {}
     for image in coco.get('images', []):
         image_id, width, height = image.get('id'), image.get('width'), image.get('height')
-        if image_id in sizes:
-            problems.append(f'image id {image_id} is used twice')
         if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
             problems.append(f'image {image_id}: width/height must be positive ints')
         if not image.get('file_name'):
             problems.append(f'image {image_id}: empty file_name')
         sizes[image_id] = (width, height)
 
-    annotation_ids = set()
     for annotation in coco.get('annotations', []):
         annotation_id = annotation.get('id')
-        if annotation_id in annotation_ids:
-            problems.append(f'annotation id {annotation_id} is used twice')
-        annotation_ids.add(annotation_id)
         if annotation.get('image_id') not in sizes:
             problems.append(f'annotation {annotation_id}: unknown image_id')
             continue
@@ -261,9 +312,7 @@ def validate_coco(coco: dict) -> None:
             problems.append(f'annotation {annotation_id}: iscrowd must be 0 or 1')
         bbox = annotation.get('bbox')
         width, height = sizes[annotation['image_id']]
-        if not (isinstance(bbox, list) and len(bbox) == 4
-                and all(isinstance(value, (int, float)) and math.isfinite(value)
-                        for value in bbox)):
+        if not is_xywh_box(bbox):
             problems.append(f'annotation {annotation_id}: bbox must be 4 finite numbers')
         elif not (bbox[2] > 0 and bbox[3] > 0 and bbox[0] >= 0 and bbox[1] >= 0
                   and bbox[0] + bbox[2] <= width + 0.01 and bbox[1] + bbox[3] <= height + 0.01):
@@ -285,35 +334,88 @@ def write_coco_json(coco: dict, out_file: PathLike) -> Path:
     that a later training run would pick up.
     """
     validate_coco(coco)
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file = check_out_file(out_file)
     # Not tempfile.mkstemp: its 0600 mode would survive os.replace and hide the json
     # from the other users of a shared data folder.
     tmp_file = out_file.with_name(f'.{out_file.name}.{os.getpid()}.tmp')
     try:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp_file, 'w', encoding='utf-8') as stream:
             json.dump(coco, stream)
         os.replace(tmp_file, out_file)
+    except OSError as error:
+        tmp_file.unlink(missing_ok=True)
+        raise ConversionError(f'{out_file}: cannot write the json ({error.strerror}). Pass a '
+                              'writable file path as --out.') from error
     except BaseException:
         tmp_file.unlink(missing_ok=True)
         raise
     return out_file
 
 
-def read_lines(path: PathLike, encoding: str = 'utf-8') -> Iterable[Tuple[int, str]]:
-    """Yield ``(line_number, stripped_line)`` of a text file, line numbers from 1."""
+def check_out_file(out_file: PathLike) -> Path:
+    """Return ``out_file`` as a path, or raise :class:`ConversionError` if it is a
+    folder, before a long conversion would fail to write it."""
+    out_file = Path(out_file)
+    if out_file.is_dir():
+        raise ConversionError(f'{out_file} is a folder: --out takes the json file to write, '
+                              f'e.g. {out_file / "train.json"}')
+    return out_file
+
+
+def require_file(path: PathLike, what: str, pattern: str = '*') -> Path:
+    """Return ``path`` if it is a file; otherwise raise :class:`ConversionError` that says
+    whether it is missing or a folder (naming a few files in it that match ``pattern``).
+
+    Args:
+        path: the file a converter was given.
+        what: what the user should pass, for the message (e.g. "the imglab XML").
+        pattern: glob of the candidate files to name when ``path`` is a folder.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f'{path}: file not found. Check the path argument.')
-    with open(path, encoding=encoding) as text_file:
-        for line_number, line in enumerate(text_file, start=1):
-            yield line_number, line.strip()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        candidates = sorted(str(candidate) for candidate in path.glob(pattern)
+                            if candidate.is_file())[:_EXAMPLES_PER_REASON]
+        inside = f', e.g. {", ".join(candidates)}' if candidates else ''
+        raise ConversionError(f'{path} is a folder, not a file. Pass {what} inside '
+                              f'it{inside}.')
+    raise ConversionError(f'{path}: file not found. Pass {what}.')
+
+
+def read_text(path: PathLike, what: str = 'the annotation file', pattern: str = '*') -> str:
+    """The whole text of a UTF-8 file, without the byte-order mark some editors write.
+
+    A byte that is not UTF-8 is an error naming the file, the line and the fix. See
+    :func:`require_file` for ``what`` and ``pattern``.
+    """
+    path = require_file(path, what, pattern)
+    raw = path.read_bytes()
+    try:
+        return raw.decode('utf-8').removeprefix('\ufeff')
+    except UnicodeDecodeError as error:
+        line = raw.count(b'\n', 0, error.start) + 1
+        raise ConversionError(
+            f'{path}:{line}: byte 0x{raw[error.start]:02x} is not UTF-8 ({error.reason}). '
+            'Re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8 if '
+            'it is Latin-1.') from None
+
+
+def read_lines(path: PathLike, what: str = 'the annotation file',
+               pattern: str = '*') -> Iterable[Tuple[int, str]]:
+    """Yield ``(line_number, stripped_line)`` of a UTF-8 text file, line numbers from 1.
+    See :func:`require_file` for ``what`` and ``pattern``."""
+    text = read_text(path, what, pattern)
+    for line_number, line in enumerate(io.StringIO(text, newline=None), start=1):
+        yield line_number, line.strip()
 
 
 def read_id_list(list_file: PathLike) -> List[str]:
     """Read an image-set file (one id per line, extra columns ignored) such as VOC's
     ``ImageSets/Main/<split>.txt``."""
-    ids = [line.split()[0] for _, line in read_lines(list_file) if line]
+    ids = [line.split()[0] for _, line in read_lines(list_file, 'the image list (one id per '
+                                                     'line)', '*.txt') if line]
     if not ids:
         raise ConversionError(f'{list_file}: the image list is empty')
     return ids

@@ -6,13 +6,14 @@ CT slice), ``Bounding_boxes`` (``"x1, y1, x2, y2"`` in 0-based pixels) and
 The images are unpacked as ``Images_png/<patient>_<study>_<series>/<slice>.png``.
 """
 import csv
+import io
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
 from ..uodb_classes import UODB_CLASSES
-from .coco_builder import CocoBuilder, Conversion, ConversionError, PathLike
+from .coco_builder import CocoBuilder, Conversion, ConversionError, PathLike, read_text
 
 DEEPLESION_CLASSES = UODB_CLASSES['deeplesion']
 # Split name -> values of the Train_Val_Test column.
@@ -66,10 +67,9 @@ def deeplesion_to_coco(info_csv: PathLike,
 def _read_rows(info_csv: Path,
                split_codes: Tuple[str, ...]) -> Dict[str, List[Tuple[str, Tuple[float, ...]]]]:
     """Group the rows of the split by image path, keeping the csv's order."""
-    if not info_csv.is_file():
-        raise ConversionError(f'{info_csv}: file not found. Pass DeepLesion\'s DL_info.csv.')
+    text = read_text(info_csv, "DeepLesion's DL_info.csv", '*.csv')
     lesions_by_slice: Dict[str, list] = {}
-    with open(info_csv, newline='', encoding='utf-8-sig') as stream:
+    with io.StringIO(text, newline='') as stream:
         reader = csv.DictReader(stream)
         missing = [name for name in _COLUMNS if name not in (reader.fieldnames or [])]
         if missing:

@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
-from .coco_builder import CocoBuilder, Conversion, ConversionError, PathLike
+from .coco_builder import CocoBuilder, Conversion, ConversionError, PathLike, require_file
 
 DLIB_FACE_CLASSES = ('face', )
 
@@ -20,6 +20,7 @@ def dlib_to_coco(xml_file: PathLike,
                  file_name_root: Optional[PathLike] = None,
                  classes: Sequence[str] = DLIB_FACE_CLASSES,
                  skip_unknown: bool = False,
+                 fix_sizes: bool = False,
                  progress: bool = False) -> Conversion:
     """Convert a dlib imglab dataset XML to a COCO dict.
 
@@ -32,14 +33,14 @@ def dlib_to_coco(xml_file: PathLike,
         classes: class names in category-id order. A box without ``<label>`` belongs to
             the only class when there is one.
         skip_unknown: drop (and count) boxes whose label is not in ``classes``.
+        fix_sizes: when an image's ``width``/``height`` in the XML differ from the image
+            file's, use the file's and count it, instead of stopping with an error.
         progress: show a progress bar over the images.
 
     Returns:
         The COCO dict and statistics; boxes with ``ignore='1'`` get ``iscrowd=1``.
     """
-    xml_file = Path(xml_file)
-    if not xml_file.is_file():
-        raise ConversionError(f'{xml_file}: file not found. Pass the imglab dataset XML.')
+    xml_file = require_file(xml_file, 'the imglab dataset XML', '*.xml')
     try:
         root = ET.parse(xml_file).getroot()
     except ET.ParseError as error:
@@ -49,7 +50,7 @@ def dlib_to_coco(xml_file: PathLike,
         raise ConversionError(f'{xml_file}: no <images><image> element. Is this an imglab XML?')
 
     builder = CocoBuilder(classes, xml_file.parent if img_dir is None else img_dir,
-                          file_name_root)
+                          file_name_root, fix_sizes)
     for image_index, image in enumerate(tqdm(images, desc='dlib XML', unit='img',
                                              disable=not progress), start=1):
         file_name = image.get('file')

@@ -7,7 +7,7 @@ releases). UODB uses horizontal boxes, so each polygon becomes the box spanned b
 devkit or mmrotate's ``img_split`` cut (``P0004__1__0___0.txt``).
 """
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -18,6 +18,8 @@ from .coco_builder import (CocoBuilder, Conversion, ConversionError, PathLike, f
 # DOTA v1.0, in the devkit's order.
 DOTA_CLASSES = UODB_CLASSES['dota']
 _HEADER_PREFIXES = ('imagesource:', 'gsd:')
+# Four corners of the polygon, x y each.
+_COORDINATES = 8
 
 
 def dota_to_coco(label_dir: PathLike,
@@ -59,12 +61,7 @@ def dota_to_coco(label_dir: PathLike,
             if not line or line.startswith(_HEADER_PREFIXES):
                 continue
             where = f'{label_file}:{line_number}'
-            fields = line.split()
-            if len(fields) not in (9, 10):
-                raise ConversionError(f'{where}: expected 8 coordinates, a class and a '
-                                      f'difficulty, got {len(fields)} fields. Fix or delete '
-                                      'the line.')
-            class_name = fields[8]
+            coordinates, class_name, difficult = _parse_object(line, where)
             if class_name not in builder.classes:
                 if skip_unknown:
                     builder.stats.skip(f"class '{class_name}' not in the class list", where)
@@ -72,13 +69,38 @@ def dota_to_coco(label_dir: PathLike,
                 raise ConversionError(
                     f"{where}: class '{class_name}' is not one of {list(builder.classes)}. "
                     'Pass the release\'s class list (--classes) or --skip-unknown.')
-            try:
-                coordinates = [float(value) for value in fields[:8]]
-                difficult = len(fields) == 10 and int(fields[9]) == 1
-            except ValueError:
-                raise ConversionError(f'{where}: the 8 coordinates must be numbers and the '
-                                      'difficulty 0 or 1. Fix or delete the line.') from None
             xs, ys = coordinates[0::2], coordinates[1::2]
             builder.add_box(image_id, class_name, min(xs), min(ys), max(xs), max(ys), where,
                             ignore=difficult and difficult_as_ignore)
     return builder.build()
+
+
+def _parse_object(line: str, where: str) -> Tuple[List[float], str, bool]:
+    """``(8 coordinates, class name, difficult)`` of an object line.
+
+    The coordinates are counted before the class is looked at: a polygon that lost a
+    coordinate would otherwise shift its difficulty into the class field.
+    """
+    fields = line.split()
+    numbers = 0
+    for value in fields:
+        try:
+            float(value)
+        except ValueError:
+            break
+        numbers += 1
+    expected = 'expected x1 y1 x2 y2 x3 y3 x4 y4 class [difficulty]'
+    if numbers != _COORDINATES:
+        found = (f"{numbers} numbers before '{fields[numbers]}'" if numbers < len(fields)
+                 else f'{numbers} numbers and no class name')
+        raise ConversionError(f'{where}: malformed line, {expected}; got {found}. Fix or '
+                              'delete the line.')
+    if len(fields) not in (_COORDINATES + 1, _COORDINATES + 2):
+        raise ConversionError(f'{where}: malformed line, {expected}; got {len(fields)} '
+                              'fields. Fix or delete the line.')
+    difficulty = fields[_COORDINATES + 1] if len(fields) == _COORDINATES + 2 else '0'
+    if difficulty not in ('0', '1'):
+        raise ConversionError(f"{where}: malformed line, the difficulty must be 0 or 1, got "
+                              f"'{difficulty}'. Fix or delete the line.")
+    coordinates = [float(value) for value in fields[:_COORDINATES]]
+    return coordinates, fields[_COORDINATES], difficulty == '1'

@@ -18,13 +18,15 @@ Tags outside these groups (``doNotEnter``, ``doNotPass``, ``keepRight``,
 ``rightLaneMustTurn``, ``yield``) are dropped and counted per tag.
 """
 import csv
+import io
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from tqdm import tqdm
 
 from ..uodb_classes import UODB_CLASSES
-from .coco_builder import CocoBuilder, Conversion, ConversionError, PathLike, read_lines
+from .coco_builder import (CocoBuilder, Conversion, ConversionError, PathLike, read_lines,
+                           read_text)
 
 LISA_CLASSES = UODB_CLASSES['lisa']
 LISA_WARNING_TAGS = ('addedLane', 'curveLeft', 'curveRight', 'dip', 'intersection', 'laneEnds',
@@ -89,7 +91,8 @@ def lisa_to_coco(csv_file: PathLike,
                               f'LISA classes {list(LISA_CLASSES)}')
     rows_by_image = _read_rows(csv_file)
     if image_list is not None:
-        wanted = [line for _, line in read_lines(image_list) if line]
+        wanted = [line for _, line in read_lines(image_list, 'the image list (one file name '
+                                                   'per line)', '*.txt') if line]
         rows_by_image = {name: rows_by_image.get(name) for name in wanted}
 
     builder = CocoBuilder(LISA_CLASSES, csv_file.parent if img_dir is None else img_dir,
@@ -113,10 +116,9 @@ def lisa_to_coco(csv_file: PathLike,
 
 def _read_rows(csv_file: Path) -> Dict[str, List[Tuple[str, str, Tuple[float, ...]]]]:
     """Group the csv rows by image, keeping the csv's order."""
-    if not csv_file.is_file():
-        raise ConversionError(f'{csv_file}: file not found. Pass LISA\'s allAnnotations.csv.')
+    text = read_text(csv_file, "LISA's allAnnotations.csv", '*.csv')
     rows_by_image: Dict[str, list] = {}
-    with open(csv_file, newline='', encoding='utf-8-sig') as stream:
+    with io.StringIO(text, newline='') as stream:
         reader = csv.reader(stream, delimiter=';')
         header = [name.strip() for name in next(reader, [])]
         missing = [name for name in _COLUMNS if name not in header]

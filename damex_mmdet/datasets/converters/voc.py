@@ -3,7 +3,8 @@
 Tolerates what labelling tools write besides the VOC devkit itself: float coordinates,
 empty ``<difficult/>``/``<truncated/>`` tags, a missing or zero ``<size>`` (the size is
 then read from the image) and a ``<filename>`` that does not match the shipped image
-(the image is then looked up by the XML's stem).
+(the image is then looked up by the XML's stem). A ``<size>`` that disagrees with the
+image file is an error unless ``fix_sizes``.
 """
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -27,6 +28,7 @@ def voc_to_coco(ann_dir: PathLike,
                 classes: Sequence[str] = VOC_CLASSES,
                 skip_unknown: bool = False,
                 one_based: bool = True,
+                fix_sizes: bool = False,
                 progress: bool = False) -> Conversion:
     """Convert a folder of VOC XML files to a COCO dict.
 
@@ -44,6 +46,8 @@ def voc_to_coco(ann_dir: PathLike,
         one_based: the XML holds VOC's 1-based inclusive pixel indices, so ``xmin`` and
             ``ymin`` move by -1 to become 0-based continuous corners (``xmax``/``ymax``
             already are). Set ``False`` for tools that write 0-based coordinates.
+        fix_sizes: when ``<size>`` differs from the image file's size, use the file's and
+            count it, instead of stopping with an error.
         progress: show a progress bar over the XML files.
 
     Returns:
@@ -60,7 +64,7 @@ def voc_to_coco(ann_dir: PathLike,
     else:
         xml_files = [ann_dir / f'{image_id}.xml' for image_id in read_id_list(image_set_file)]
 
-    builder = CocoBuilder(classes, img_dir, file_name_root)
+    builder = CocoBuilder(classes, img_dir, file_name_root, fix_sizes)
     for xml_file in tqdm(xml_files, desc='VOC XML', unit='img', disable=not progress):
         if not xml_file.is_file():
             builder.stats.skip('annotation file missing', str(xml_file))
@@ -103,8 +107,8 @@ def _convert_xml_file(builder: CocoBuilder, xml_file: Path, skip_unknown: bool,
 
 
 def _size_from_xml(root: ET.Element) -> Optional[Tuple[int, int]]:
-    """``(width, height)`` from ``<size>``; ``None`` when absent or unreadable, so the
-    builder reads it from the image instead."""
+    """``(width, height)`` from ``<size>``, which the builder checks against the image;
+    ``None`` when absent or unreadable."""
     try:
         return int(float(root.findtext('size/width'))), int(float(root.findtext('size/height')))
     except (TypeError, ValueError):

@@ -48,7 +48,8 @@ def widerface_to_coco(gt_file: PathLike,
 def _read_gt_file(gt_file: PathLike) -> List[Tuple[str, str, List[Tuple[str, List[float]]]]]:
     """Parse the whole file first, so that a malformed line stops the conversion before
     any work and the progress bar knows the image count."""
-    lines = [(number, text) for number, text in read_lines(gt_file) if text]
+    lines = [(number, text) for number, text in
+             read_lines(gt_file, 'wider_face_<split>_bbx_gt.txt', '*_bbx_gt.txt') if text]
     images = []
     index = 0
     while index < len(lines):
