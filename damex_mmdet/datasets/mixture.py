@@ -204,6 +204,12 @@ class DatasetMixture(Dataset):
                 name: list(getattr(d, 'cat_ids', None)
                            or range(1, len(d.metainfo['classes']) + 1))
                 for name, d in zip(self.names, self.datasets)
+            },
+            # The file a COCO-format dataset is scored against; None where
+            # the metric scores the dataset's test-mode parse (e.g. VOC XML).
+            dataset_ann_files={
+                name: d.ann_file if isinstance(d, CocoDataset) else None
+                for name, d in zip(self.names, self.datasets)
             })
 
     def _config_metainfo(self) -> Dict:
