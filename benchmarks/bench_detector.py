@@ -15,7 +15,7 @@ alternative the paper argues against: one DINO head per dataset.
 
 Usage:
     python benchmarks/bench_detector.py [--sizes demo uodb] [--rounds 3]
-        [--device cuda] [--threads 1 --cpu-time]
+        [--device cuda] [--threads 1 --cpu-time] [--json results.json]
 """
 import argparse
 import json
@@ -57,6 +57,8 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int)
     parser.add_argument('--cpu-time', action='store_true',
                         help='time process CPU time (CPU only)')
+    parser.add_argument('--json', metavar='PATH',
+                        help='also write the measurements and ratios here')
     parser.add_argument('--memory-probe', nargs=3,
                         metavar=('SIZE', 'MODEL', 'DEVICE'),
                         help=argparse.SUPPRESS)
@@ -232,7 +234,7 @@ def main(argv=None):
     if args.memory_probe:
         memory_probe(*args.memory_probe)
         return
-    summary = []
+    summary, results = [], {}
     for size in args.sizes:
         timed = time_models(size, args)
         peaks = measure_memory(size, args)
@@ -250,12 +252,22 @@ def main(argv=None):
             train=timed[('train', 1)] / timed[('train', 0)],
             inference=timed[('inference', 1)] / timed[('inference', 0)],
             memory=peaks[1] / max(peaks[0], 1))))
+        results[size] = dict(
+            seconds={f'{kind}_{model}': timed[(kind, which)]
+                     for kind in ('train', 'inference')
+                     for which, model in enumerate(('dino', 'damex'))},
+            peak_bytes=dict(dino=peaks[0], damex=peaks[1]),
+            params=params, ratios=summary[-1][1])
     print('\nDAMEX / DINO ratios (targets: train <= 1.05x, inference <= '
           '1.03x, memory <= 1.05x):')
     for size, ratios in summary:
         print(f'  {size}: ' + '  '.join(
             f'{k} {v:.3f}x {"PASS" if v <= TARGETS[k] else "FAIL"}'
             for k, v in ratios.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            dict(device=args.device, rounds=args.rounds, targets=TARGETS,
+                 sizes=results), indent=2))
 
 
 if __name__ == '__main__':
