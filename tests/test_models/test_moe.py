@@ -25,16 +25,19 @@ def expert_ref(moe, e, token):
     return moe.expert_w2[e] @ hidden + moe.expert_b2[e]
 
 
-def naive_moe(moe, x, renormalise, max_rank=None):
-    """Per-token loop: x + sum over the chosen experts of weight * expert(token)."""
+def naive_moe(moe, x, renormalise, max_rank=None, kept=None):
+    """Per-token loop: x + sum over the chosen experts of weight * expert(token).
+
+    ``kept`` (T, k) bool, if given, leaves out the assignments a capacity dropped."""
     outputs = []
-    for token in x.reshape(-1, D):
+    for t, token in enumerate(x.reshape(-1, D)):
         probs = torch.softmax(moe.gate.weight @ token, dim=0)
         top_p, top_i = probs.topk(moe.top_k)
         weights = top_p / top_p.sum() if renormalise else top_p
         out = token
         for rank in range(moe.top_k if max_rank is None else max_rank):
-            out = out + weights[rank] * expert_ref(moe, int(top_i[rank]), token)
+            if kept is None or kept[t, rank]:
+                out = out + weights[rank] * expert_ref(moe, int(top_i[rank]), token)
         outputs.append(out)
     return torch.stack(outputs).reshape(x.shape)
 
@@ -149,23 +152,27 @@ def test_capacity_drops_exactly_the_overflow():
     assert moe.last_num_dropped == 6
 
 
-def test_capacity_keeps_first_choices_before_second_choices():
-    moe = make_moe(num_experts=2, top_k=2, capacity_factor=0.5)
+def test_capacity_keeps_first_choices_then_the_highest_priority_second_choices():
+    moe = make_moe(num_experts=2, top_k=2, capacity_factor=2 / 3)
     with torch.no_grad():
         moe.gate.weight.zero_()
         moe.gate.weight[0, 0], moe.gate.weight[1, 0] = 1., -1.
-    # Tokens 0-2 prefer expert 1, 3-5 expert 0; capacity = ceil(0.5 * 6 * 2 / 2) = 3, so each
-    # expert keeps the three first choices it received and drops all second choices, although
-    # in token order the second choices of tokens 0-2 would come first at expert 0.
-    x = routed_tokens([-1, -1, -1, 1, 1, 1]).requires_grad_()
+    # Tokens 0-2 prefer expert 1, 3-5 expert 0, more surely the larger |feature 0|;
+    # capacity = 2 * int(2/3 * ceil(6 / 2)) = 4: each expert keeps its three first choices
+    # and one second choice, that of the token with the highest top-1 probability (2 and 5),
+    # although in token order the second choices of tokens 0 and 3 would come first.
+    x = routed_tokens([-1, -2, -3, 1, 2, 3]).requires_grad_()
     out = moe(x)
-    ref = naive_moe(moe, x, renormalise=True, max_rank=1)
+    kept = torch.tensor([[True, False]] * 6)
+    kept[2, 1] = kept[5, 1] = True
+    ref = naive_moe(moe, x, renormalise=True, kept=kept)
     torch.testing.assert_close(out, ref)
     inputs = [x] + params_of(moe)
     for grad, ref_grad in zip(torch.autograd.grad(out.pow(2).sum(), inputs),
                               torch.autograd.grad(ref.pow(2).sum(), inputs)):
         torch.testing.assert_close(grad, ref_grad)
-    assert moe.last_num_dropped == 6
+    assert moe.last_num_dropped == 4
+    assert moe.last_dropped_counts.tolist() == [2, 2]
 
 
 def test_dropless_by_default():
@@ -215,7 +222,7 @@ def test_forced_experts_route_each_sample_to_its_expert():
             moe(x)
 
 
-@pytest.mark.parametrize('top_k,capacity_factor', [(1, None), (2, None), (2, 0.5)])
+@pytest.mark.parametrize('top_k,capacity_factor', [(1, None), (2, None), (2, 0.5), (1, 1.)])
 def test_exposed_attributes(top_k, capacity_factor):
     moe = make_moe(num_experts=4, top_k=top_k, capacity_factor=capacity_factor)
     x = torch.randn(2, 7, D, dtype=torch.double, requires_grad=True)
@@ -230,9 +237,14 @@ def test_exposed_attributes(top_k, capacity_factor):
     assert torch.equal(counts, torch.bincount(moe.last_expert_indices.flatten(), minlength=4))
     if capacity_factor is None:
         assert moe.last_num_dropped == 0
-    else:
-        capacity = math.ceil(capacity_factor * 14 * top_k / 4)
-        assert moe.last_num_dropped == int((counts - capacity).clamp(min=0).sum())
+        assert moe.last_dropped_counts.tolist() == [0] * 4
+    else:  # per image (default scope): tutel's k * int(factor * ceil(N / E)), N = 7
+        capacity = top_k * int(capacity_factor * math.ceil(7 / 4))
+        per_image = torch.stack([torch.bincount(indices.flatten(), minlength=4)
+                                 for indices in moe.last_expert_indices])
+        dropped = (per_image - capacity).clamp(min=0).sum(0)
+        assert moe.last_dropped_counts.tolist() == dropped.tolist()
+        assert moe.last_num_dropped == int(dropped.sum())
 
 
 def test_gate_noise_only_in_training_and_logits_stay_clean():
@@ -292,3 +304,163 @@ def test_gradcheck(top_k, capacity_factor):
     x = torch.randn(2, 3, D, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(moe, (x, ))
     assert torch.autograd.gradgradcheck(moe, (x, ))
+
+
+@pytest.mark.parametrize('normalize_weights,top_k', [(None, 1), (False, 1), (True, 1),
+                                                     (None, 2), (False, 2)])
+def test_forced_route_weights_the_expert_as_gate_routing_would(normalize_weights, top_k):
+    moe = make_moe(num_experts=3, top_k=top_k, normalize_weights=normalize_weights).eval()
+    x = torch.randn(4, 6, D, dtype=torch.double)
+    probs = torch.softmax(x @ moe.gate.weight.t(), dim=-1)
+    forced = torch.tensor([0, 1, 2, 1])
+    with moe.force_experts(forced):
+        oracle = moe(x)
+    renormalise = top_k > 1 if normalize_weights is None else normalize_weights
+    for b, e in enumerate(forced.tolist()):
+        for n in range(6):
+            # A single chosen expert renormalised has weight 1.0, else its probability.
+            weight = 1. if renormalise else probs[b, n, e]
+            torch.testing.assert_close(oracle[b, n],
+                                       x[b, n] + weight * expert_ref(moe, e, x[b, n]))
+    if top_k == 1:  # where the gate picks the forced expert, both are the same function
+        gate = moe(x)
+        agrees = probs.argmax(-1) == forced[:, None]
+        assert 0 < agrees.sum() < agrees.numel()
+        # Up to rounding: the experts see their rows in other blocks in the two forwards.
+        torch.testing.assert_close(oracle[agrees], gate[agrees], rtol=0, atol=1e-12)
+
+
+def test_capacity_per_image_vs_per_batch():
+    """Two images whose tokens all go to expert 0: the reference's per-image capacity keeps
+    the best tokens of each image; a batch-wide capacity keeps the best of the batch."""
+    moe = make_moe(num_experts=4, capacity_factor=1.0)
+    with torch.no_grad():
+        moe.gate.weight.zero_()
+        moe.gate.weight[0, 0] = 1.
+    # Feature 0 in (0.5, 2): every token prefers expert 0; higher feature, higher priority.
+    x = torch.randn(2, 8, D, dtype=torch.double)
+    x[..., 0] = torch.rand(2, 8, dtype=torch.double) * 1.5 + 0.5
+    x[1, :, 0] += 2.  # image 1 scores higher than image 0 everywhere
+    capacity = 1 * int(1.0 * math.ceil(8 / 4))  # = 2 per image, tutel's formula
+
+    out = moe(x)
+    is_kept = torch.zeros(2, 8, dtype=torch.bool)
+    for b in range(2):
+        is_kept[b, x[b, :, 0].topk(capacity).indices] = True
+    ref = naive_moe(moe, x, renormalise=False, kept=is_kept.reshape(-1, 1))
+    torch.testing.assert_close(out, ref)
+    assert moe.last_dropped_counts.tolist() == [16 - 2 * capacity, 0, 0, 0]
+
+    moe.capacity_scope = 'batch'
+    out = moe(x)
+    batch_capacity = 1 * int(1.0 * math.ceil(16 / 4))  # = 4 for the batch
+    is_kept = torch.zeros(16, dtype=torch.bool)
+    is_kept[x[..., 0].flatten().topk(batch_capacity).indices] = True
+    assert is_kept[8:].sum() == batch_capacity  # all from the higher-scoring image
+    torch.testing.assert_close(out, naive_moe(moe, x, renormalise=False,
+                                              kept=is_kept.reshape(-1, 1)))
+    assert moe.last_num_dropped == 16 - batch_capacity
+
+
+def test_capacity_scope_is_validated():
+    with pytest.raises(ValueError, match='capacity_scope'):
+        MoEFFN(embed_dims=D, feedforward_channels=H, capacity_scope='device')
+    moe = make_moe(num_experts=2, capacity_factor=1.)
+    assert 'capacity_factor=1.0 per image' in repr(moe)
+
+
+def float_moe(seed=0, **kwargs):
+    """A float32 MoE wide enough for the grouped GEMM (rows of 16-byte multiples)."""
+    torch.manual_seed(seed)
+    moe = MoEFFN(embed_dims=16, feedforward_channels=32, **kwargs)
+    torch.nn.init.normal_(moe.gate.weight, std=1.)
+    return moe
+
+
+@pytest.mark.parametrize('top_k,capacity_factor,scope', [
+    (1, None, 'image'), (2, None, 'image'), (1, 0.5, 'image'), (2, 0.5, 'batch')])
+def test_grouped_gemm_equals_the_loop(top_k, capacity_factor, scope):
+    """Forward and every gradient, with one expert that receives no token."""
+    if not hasattr(torch, '_grouped_mm'):
+        pytest.skip('this torch has no grouped GEMM')
+    grouped = float_moe(num_experts=4, top_k=top_k, capacity_factor=capacity_factor,
+                        capacity_scope=scope, expert_backend='grouped_mm')
+    with torch.no_grad():  # feature 0 is 5 and drives expert 3's logit to -250: never chosen
+        grouped.gate.weight[3] = 0.
+        grouped.gate.weight[3, 0] = -50.
+    loop = float_moe(num_experts=4, top_k=top_k, capacity_factor=capacity_factor,
+                     capacity_scope=scope, expert_backend='loop')
+    loop.load_state_dict(grouped.state_dict())
+    x = torch.randn(3, 20, 16)
+    x[..., 0] = 5.
+    probe = torch.randn(3, 20, 16)
+    outputs, grads = [], []
+    for moe in (grouped, loop):
+        x_in = x.clone().requires_grad_()
+        out = moe(x_in)
+        inputs = [x_in] + params_of(moe)
+        grads.append(torch.autograd.grad((out * probe).sum(), inputs))
+        outputs.append(out)
+    assert grouped.last_expert_counts[3] == 0
+    assert torch.equal(grouped.last_expert_counts, loop.last_expert_counts)
+    assert torch.equal(grouped.last_dropped_counts, loop.last_dropped_counts)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+    for name, grad, ref in zip(['x', 'gate', 'w1', 'b1', 'w2', 'b2'], *grads):
+        torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-5, msg=name)
+    for name in ('expert_w1', 'expert_b1', 'expert_w2', 'expert_b2'):
+        param = getattr(grouped, name)
+        grad, = torch.autograd.grad((grouped(x) * probe).sum(), param)
+        assert torch.equal(grad[3], torch.zeros_like(grad[3])), name
+
+
+def test_grouped_gemm_dispatch_is_deterministic():
+    if not hasattr(torch, '_grouped_mm'):
+        pytest.skip('this torch has no grouped GEMM')
+    moe = float_moe(num_experts=8, expert_backend='grouped_mm')
+    x = torch.randn(4, 50, 16, requires_grad=True)
+    results = []
+    for _ in range(2):
+        out = moe(x)
+        results.append([out] + list(torch.autograd.grad(out.pow(2).sum(),
+                                                        [x] + params_of(moe))))
+    for first, second in zip(*results):
+        assert torch.equal(first, second)
+
+
+def test_auto_backend_falls_back_to_the_loop_where_grouped_gemm_cannot_run():
+    moe = make_moe(num_experts=2)  # float64 and D=8: no grouped GEMM
+    assert not moe._uses_grouped_mm(torch.randn(3, D, dtype=torch.double))
+    moe.expert_backend = 'grouped_mm'
+    with pytest.raises(RuntimeError, match="expert_backend='auto'"):
+        moe(torch.randn(2, 3, D, dtype=torch.double))
+    with pytest.raises(ValueError, match='expert_backend'):
+        MoEFFN(embed_dims=D, feedforward_channels=H, expert_backend='cuda')
+
+
+@pytest.mark.parametrize('expert_backend', ['loop', 'grouped_mm'])
+def test_bf16_autocast_routes_as_fp32(expert_backend):
+    if expert_backend == 'grouped_mm' and not hasattr(torch, '_grouped_mm'):
+        pytest.skip('this torch has no grouped GEMM')
+    moe = float_moe(num_experts=8, top_k=2, expert_backend=expert_backend)
+    torch.nn.init.normal_(moe.gate.weight, std=0.05)  # close scores: bf16 would flip some
+    x = torch.randn(4, 64, 16)
+    with torch.no_grad():
+        reference = moe(x)
+    fp32_indices = moe.last_expert_indices.clone()
+    fp32_logits = moe.last_gate_logits.clone()
+    # Gate computed in bf16 would route differently on this input: the test can fail.
+    bf16_logits = (x.bfloat16() @ moe.gate.weight.bfloat16().t()).float()
+    assert not torch.equal(bf16_logits.topk(2).indices, fp32_indices)
+
+    x_in = x.clone().requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = moe(x_in)
+    assert torch.equal(moe.last_expert_indices, fp32_indices)
+    assert moe.last_gate_logits.dtype == torch.float32
+    assert torch.equal(moe.last_gate_logits, fp32_logits)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, reference, rtol=0.05, atol=0.05)
+    out.float().pow(2).sum().backward()
+    for param in [x_in] + params_of(moe):
+        assert param.grad is not None and torch.isfinite(param.grad).all()
+        assert param.grad.dtype == torch.float32

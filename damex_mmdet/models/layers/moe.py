@@ -7,10 +7,14 @@ together with the MoE keywords.
 
 Dispatch is dropless by default: every token reaches its chosen experts, each expert runs
 once on the contiguous block of tokens routed to it, and no expert is padded to a common
-capacity. A capacity (GShard/tutel style) is available as an option.
+capacity. A capacity (GShard/tutel style, batch-prioritised) is available as an option.
+The experts run as one grouped GEMM (``torch._grouped_mm``, group offsets on the device)
+where this torch supports it, so dropless dispatch never reads anything back to the host;
+elsewhere they run in a Python loop over experts.
 """
 import math
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
@@ -84,12 +88,62 @@ class _PermuteRows(torch.autograd.Function):
         return grad.index_select(0, inverse), None, None
 
 
+class _GroupedBias(torch.autograd.Function):
+    """``rows + bias[row_expert]`` for rows sorted by expert, with a scatter-free backward.
+
+    The bias gradient of expert e is the sum of the gradient rows of its group, computed as
+    a grouped GEMM with a column of ones (deterministic, and no read-back of the group
+    sizes); autograd's own backward of the gather would be a scatter-add. Shapes: rows
+    (R, C), bias (E, C), row_expert (R,) long and sorted, offsets (E,) int32, the cumulative
+    group sizes (``offsets[-1] == R``); output (R, C).
+    """
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, bias: Tensor, row_expert: Tensor,
+                offsets: Tensor) -> Tensor:
+        ctx.save_for_backward(offsets)
+        return rows + bias.index_select(0, row_expert)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tuple[Tensor, Tensor, None, None]:
+        offsets, = ctx.saved_tensors
+        grad = grad.contiguous()
+        # (R, w) ones seen as (w, R): w columns keep the 16-byte stride alignment the
+        # grouped GEMM requires; all w rows of the (E, w, C) product are the same sums.
+        width = max(1, 16 // grad.element_size())
+        ones = grad.new_ones(grad.size(0), width).t()
+        return grad, torch._grouped_mm(ones, grad, offs=offsets)[:, 0], None, None
+
+
+@lru_cache(maxsize=None)
+def _grouped_mm_runs(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether this torch has a grouped GEMM kernel for ``dtype`` on ``device_type``.
+
+    Probed once per (device type, dtype) with a tiny product: the kernels depend on the
+    build and, on CUDA, on the GPU generation, which no version number tells.
+    """
+    if not hasattr(torch, '_grouped_mm'):
+        return False
+    device = torch.device(device_type)
+    try:
+        rows = torch.ones(8, 8, device=device, dtype=dtype)
+        weight = torch.ones(2, 8, 8, device=device, dtype=dtype)
+        offsets = torch.tensor([3, 8], device=device, dtype=torch.int32)
+        out = torch._grouped_mm(rows, weight, offs=offsets)
+        return bool((out == 8).all())
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
 class MoEFFN(nn.Module):
     """Top-k Mixture-of-Experts FFN with dropless (or capacity-limited) dispatch.
 
     Each expert is the two-layer MLP of mmcv's ``FFN``: Linear(D, H), activation, Dropout,
     Linear(H, D), Dropout. A bias-free linear gate scores the E experts per token; each token
     goes to its k best experts and their outputs are summed with routing weights.
+
+    The gate (linear, softmax and top-k) always runs in at least fp32, also under autocast,
+    so that fp16/bf16 training routes exactly as fp32 would; the experts follow autocast.
 
     Routing weights (``normalize_weights``):
 
@@ -103,6 +157,18 @@ class MoEFFN(nn.Module):
     With ``gate_noise_std > 0`` Gaussian noise is added to the logits during training before
     experts are chosen and weighted; the clean logits are exposed for the routing losses.
 
+    Capacity (``capacity_factor``, as tutel, which the DAMEX reference uses): each expert
+    takes at most ``C = k * floor(capacity_factor * ceil(N / E))`` assignments from each
+    group of N tokens; the rest are dropped (they add nothing; with ``add_identity`` the
+    token passes through). ``capacity_scope`` sets the group: ``'image'`` (default) counts
+    each leading-dim sample of x (an image) on its own, as the reference does with one image
+    per GPU; ``'batch'`` counts all T tokens of the forward together. Which assignments an
+    expert keeps is batch-prioritised routing (V-MoE; tutel's ``batch_prioritized_routing``,
+    on in the reference): all first choices before any second choice, and within one choice
+    rank the tokens with the highest top-1 gate probability first (ties in token order).
+    A second choice is therefore kept only where the expert has room after every first
+    choice routed to it, whatever their scores.
+
     Args:
         embed_dims: D, the token width.
         feedforward_channels: H, the hidden width of each expert.
@@ -112,21 +178,25 @@ class MoEFFN(nn.Module):
         ffn_drop: dropout probability after the activation and after the second linear.
         add_identity: add the residual ``identity`` (default ``x``) to the output, as ``FFN``.
         gate_noise_std: std of the training-time routing noise; 0 disables it.
-        capacity_factor: None for dropless dispatch; otherwise each expert takes at most
-            ``ceil(capacity_factor * T * k / E)`` assignments of the T tokens of a forward,
-            first choices before second choices and, within those, in token order; the rest
-            are dropped (they add nothing; with ``add_identity`` the token passes through).
+        capacity_factor: None for dropless dispatch; otherwise the capacity factor above.
+        capacity_scope: ``'image'`` or ``'batch'``, see above.
         normalize_weights: see above.
+        expert_backend: ``'auto'`` runs the experts as one grouped GEMM where this torch has
+            the kernel for the device and dtype (and D, H keep 16-byte row alignment), else
+            as a loop over experts; ``'grouped_mm'`` or ``'loop'`` force one.
         num_fcs: accepted for ``FFN`` compatibility; only 2 is supported.
         dropout_layer: ``FFN``'s dropout on the output branch (e.g. DropPath), built with
             mmcv ``build_dropout``; None or empty means identity.
 
     Attributes set by every forward (x of shape (*S, D), T = prod(S)):
-        last_gate_logits: (*S, E) clean gate logits, still attached to the autograd graph.
+        last_gate_logits: (*S, E) clean gate logits (fp32 or wider), still attached to the
+            autograd graph.
         last_expert_indices: (*S, k') long, chosen experts (k' = 1 under forced routing).
         last_expert_counts: (E,) long, assignments per expert before any capacity drop;
             sums to T * k'.
-        last_num_dropped: int, assignments dropped by the capacity (0 when dropless).
+        last_dropped_counts: (E,) long, assignments each expert dropped for the capacity
+            (zeros when dropless).
+        last_num_dropped: int, their sum (reading it waits for the device).
     """
 
     def __init__(self,
@@ -139,7 +209,9 @@ class MoEFFN(nn.Module):
                  add_identity: bool = True,
                  gate_noise_std: float = 0.,
                  capacity_factor: Optional[float] = None,
+                 capacity_scope: str = 'image',
                  normalize_weights: Optional[bool] = None,
+                 expert_backend: str = 'auto',
                  num_fcs: int = 2,
                  dropout_layer: Optional[dict] = None) -> None:
         super().__init__()
@@ -159,9 +231,15 @@ class MoEFFN(nn.Module):
             raise ValueError(f'gate_noise_std must be >= 0, got {gate_noise_std}')
         if capacity_factor is not None and not capacity_factor > 0:
             raise ValueError(f'capacity_factor must be > 0 or None, got {capacity_factor}')
+        if capacity_scope not in ('image', 'batch'):
+            raise ValueError(f"capacity_scope must be 'image' or 'batch', "
+                             f'got {capacity_scope!r}')
         if normalize_weights not in (None, True, False):
             raise ValueError(f'normalize_weights must be None, True or False, '
                              f'got {normalize_weights!r}')
+        if expert_backend not in ('auto', 'grouped_mm', 'loop'):
+            raise ValueError(f"expert_backend must be 'auto', 'grouped_mm' or 'loop', "
+                             f'got {expert_backend!r}')
 
         self.embed_dims = embed_dims
         self.feedforward_channels = feedforward_channels
@@ -170,7 +248,9 @@ class MoEFFN(nn.Module):
         self.add_identity = add_identity
         self.gate_noise_std = float(gate_noise_std)
         self.capacity_factor = capacity_factor
+        self.capacity_scope = capacity_scope
         self.normalize_weights = normalize_weights
+        self.expert_backend = expert_backend
 
         self.gate = nn.Linear(embed_dims, num_experts, bias=False)
         # The experts are stacked into four parameters rather than E modules: every parameter
@@ -189,8 +269,22 @@ class MoEFFN(nn.Module):
         self.last_gate_logits: Optional[Tensor] = None
         self.last_expert_indices: Optional[Tensor] = None
         self.last_expert_counts: Optional[Tensor] = None
-        self.last_num_dropped: int = 0
+        self.last_dropped_counts: Optional[Tensor] = None
         self.reset_parameters()
+
+    @property
+    def renormalises_weights(self) -> bool:
+        """Whether the chosen experts' probabilities are renormalised to sum to 1."""
+        if self.normalize_weights is None:
+            return self.top_k > 1
+        return self.normalize_weights
+
+    @property
+    def last_num_dropped(self) -> int:
+        """Assignments the capacity dropped in the last forward (0 when dropless)."""
+        if self.last_dropped_counts is None:
+            return 0
+        return int(self.last_dropped_counts.sum())
 
     def reset_parameters(self) -> None:
         """Re-initialise the gate and all experts.
@@ -259,9 +353,11 @@ class MoEFFN(nn.Module):
         """
         lead_shape = x.shape[:-1]
         tokens = x.reshape(-1, self.embed_dims)  # (T, D)
-        logits = self.gate(tokens)  # (T, E)
-        expert_idx, weights = self._route(logits, lead_shape)  # (T, k'), (T, k')
-        out = self._dispatch(tokens, expert_idx, weights).reshape(x.shape)
+        logits = self._gate_logits(tokens)  # (T, E)
+        expert_idx, weights, priority = self._route(logits, lead_shape)  # (T, k'), (T, k'), (T,)
+        num_samples = lead_shape[0] if len(lead_shape) > 1 else 1
+        out = self._dispatch(tokens, expert_idx, weights.to(tokens.dtype), priority,
+                             num_samples).reshape(x.shape)
 
         self.last_gate_logits = logits.reshape(*lead_shape, self.num_experts)
         self.last_expert_indices = expert_idx.reshape(*lead_shape, expert_idx.size(1))
@@ -270,23 +366,42 @@ class MoEFFN(nn.Module):
             return out
         return (x if identity is None else identity) + out
 
-    def _route(self, logits: Tensor, lead_shape: torch.Size) -> Tuple[Tensor, Tensor]:
-        """Choose experts and weights from (T, E) logits; returns (T, k') long and float."""
-        if self.forced_experts is not None:
-            return self._forced_route(logits, lead_shape)
+    def _gate_logits(self, tokens: Tensor) -> Tensor:
+        """(T, D) -> (T, E) logits in fp32 (or wider), with autocast off: under fp16/bf16
+        autocast the routing decisions stay those of fp32."""
+        dtype = torch.promote_types(
+            torch.promote_types(tokens.dtype, self.gate.weight.dtype), torch.float32)
+        with torch.autocast(device_type=tokens.device.type, enabled=False):
+            return F.linear(tokens.to(dtype), self.gate.weight.to(dtype))
+
+    def _route(self, logits: Tensor, lead_shape: torch.Size) -> Tuple[Tensor, Tensor, Tensor]:
+        """Choose experts from (T, E) logits.
+
+        Returns:
+            expert indices (T, k') long, routing weights (T, k') and each token's capacity
+            priority (T,), its top-1 probability (the forced expert's under forced routing).
+        """
         if self.training and self.gate_noise_std > 0:
             logits = logits + torch.randn_like(logits) * self.gate_noise_std
         probs = logits.softmax(dim=-1)
+        if self.forced_experts is not None:
+            forced = self._forced_indices(lead_shape, logits.device)  # (T, 1)
+            forced_probs = probs.gather(1, forced)
+            # The weight gate routing would give this expert: renormalising a single chosen
+            # probability gives 1.0, otherwise it is the probability itself.
+            weights = torch.ones_like(forced_probs) if self.renormalises_weights else forced_probs
+            return forced, weights, forced_probs[:, 0]
         top_probs, top_idx = probs.topk(self.top_k, dim=-1)
-        renormalise = self.top_k > 1 if self.normalize_weights is None else self.normalize_weights
-        if renormalise:
+        priority = top_probs[:, 0]
+        if self.renormalises_weights:
             top_probs = top_probs / top_probs.sum(dim=-1, keepdim=True)
-        return top_idx, top_probs
+        return top_idx, top_probs, priority
 
-    def _forced_route(self, logits: Tensor, lead_shape: torch.Size) -> Tuple[Tensor, Tensor]:
+    def _forced_indices(self, lead_shape: torch.Size, device: torch.device) -> Tensor:
+        """The forced expert of every token, (T, 1) long."""
         if self.forced_experts.is_floating_point():
             raise ValueError('forced experts must be an integer tensor')
-        forced = self.forced_experts.to(device=logits.device, dtype=torch.long)
+        forced = self.forced_experts.to(device=device, dtype=torch.long)
         if len(lead_shape) == 0 or forced.shape != lead_shape[:1]:
             raise ValueError(f'forced experts have shape {tuple(forced.shape)}, expected '
                              f'({lead_shape[0] if len(lead_shape) else "?"},): one expert '
@@ -295,16 +410,19 @@ class MoEFFN(nn.Module):
             raise ValueError(f'forced experts must be in [0, {self.num_experts}), '
                              f'got {forced.tolist()}')
         per_token = forced.view(-1, *[1] * (len(lead_shape) - 1)).expand(lead_shape)
-        return per_token.reshape(-1, 1), logits.new_ones(logits.size(0), 1)
+        return per_token.reshape(-1, 1)
 
-    def _dispatch(self, tokens: Tensor, expert_idx: Tensor, weights: Tensor) -> Tensor:
+    def _dispatch(self, tokens: Tensor, expert_idx: Tensor, weights: Tensor,
+                  priority: Tensor, num_samples: int) -> Tensor:
         """Run each expert on its tokens and combine; records ``last_expert_counts`` and
-        ``last_num_dropped``.
+        ``last_dropped_counts``.
 
         Args:
             tokens: (T, D).
             expert_idx: (T, k) long.
             weights: (T, k) routing weights.
+            priority: (T,) capacity priority of each token (higher is kept first).
+            num_samples: B, the leading-dim samples the T tokens are made of (in order).
 
         Returns:
             (T, D) weighted sum of the expert outputs of each token (zero for a token whose
@@ -313,46 +431,145 @@ class MoEFFN(nn.Module):
         num_tokens, k = expert_idx.shape
         num_assignments = num_tokens * k
         # Assignment a = rank * T + token (rank-major: all first choices, then all second
-        # choices). A stable sort groups them by expert, first choices before second choices
-        # and in token order within each: the priority a capacity keeps (GShard/tutel).
+        # choices).
         flat_expert = expert_idx.t().reshape(-1)  # (k*T,)
         flat_weight = weights.t().reshape(-1)  # (k*T,)
-        order = torch.argsort(flat_expert, stable=True)  # (k*T,) sorted slot -> assignment
-        counts = torch.bincount(flat_expert, minlength=self.num_experts)  # (E,)
-        self.last_expert_counts = counts
-        # The only host sync: the slice sizes drive a Python loop over experts.
-        count_list: List[int] = counts.tolist()
-
+        experts = torch.arange(self.num_experts, device=tokens.device)
         if self.capacity_factor is None:
-            kept_list = count_list
+            order = torch.argsort(flat_expert, stable=True)  # sorted slot -> assignment
+            sorted_expert = flat_expert.index_select(0, order)
+            # Cumulative counts, found in the sorted experts: no scatter, no host sync.
+            ends = torch.searchsorted(sorted_expert, experts, right=True)  # (E,)
+            self.last_expert_counts = torch.diff(ends, prepend=ends.new_zeros(1))
+            self.last_dropped_counts = torch.zeros_like(self.last_expert_counts)
+            num_kept = num_assignments
         else:
-            capacity = math.ceil(self.capacity_factor * num_assignments / self.num_experts)
-            kept_list = [min(count, capacity) for count in count_list]
-            # Each expert's first `capacity` assignments, then all dropped ones at the end,
-            # so `order` stays a permutation of the assignments.
-            segments = order.split(count_list)
-            order = torch.cat([seg[:kept] for seg, kept in zip(segments, kept_list)] +
-                              [seg[kept:] for seg, kept in zip(segments, kept_list)])
-        num_kept = sum(kept_list)
-        self.last_num_dropped = num_assignments - num_kept
+            order, ends = self._capacity_order(flat_expert, priority, k, num_samples)
+            # The one host sync of the capacity path: the number of rows the experts run on.
+            num_kept = int(ends[-1]) if num_assignments else 0
+            sorted_expert = flat_expert.index_select(0, order[:num_kept])
         if num_kept == 0:
             return tokens.new_zeros(tokens.shape)
         inverse = torch.empty_like(order).scatter_(  # assignment -> sorted slot
             0, order, torch.arange(num_assignments, device=order.device))
 
         assigned = tokens if k == 1 else tokens.repeat(k, 1)  # (k*T, D)
-        expert_inputs = _PermuteRows.apply(assigned, order, inverse)[:num_kept].split(kept_list)
+        expert_inputs = _PermuteRows.apply(assigned, order, inverse)  # (k*T, D)
+        if num_kept < num_assignments:
+            expert_inputs = expert_inputs[:num_kept]
+        if self._uses_grouped_mm(tokens):
+            sorted_out = self._experts_grouped(expert_inputs, sorted_expert, ends)
+        else:
+            sorted_out = self._experts_loop(expert_inputs, ends)
+        if num_kept < num_assignments:  # dropped assignments contribute nothing
+            sorted_out = torch.cat([sorted_out, sorted_out.new_zeros(
+                num_assignments - num_kept, self.embed_dims)])
+        out = _PermuteRows.apply(sorted_out, inverse, order) * flat_weight.unsqueeze(1)
+        return out if k == 1 else out.view(k, num_tokens, self.embed_dims).sum(0)
+
+    def _capacity_order(self, flat_expert: Tensor, priority: Tensor, k: int,
+                        num_samples: int) -> Tuple[Tensor, Tensor]:
+        """Batch-prioritised capacity; records ``last_expert_counts``, ``last_dropped_counts``.
+
+        Args:
+            flat_expert: (k*T,) expert of each rank-major assignment.
+            priority: (T,) top-1 probability of each token.
+            k: choices per token.
+            num_samples: B; with ``capacity_scope='image'`` each sample's N = T / B tokens
+                get their own capacity.
+
+        Returns:
+            order (k*T,) long, sorted slot -> assignment: the kept assignments grouped by
+            expert in priority order, then every dropped one; and ends (E,) long, the
+            cumulative number of kept assignments up to each expert.
+        """
+        num_assignments = flat_expert.numel()
+        num_tokens = num_assignments // k
+        device = flat_expert.device
+        groups_per_expert = num_samples if self.capacity_scope == 'image' else 1
+        if num_tokens % groups_per_expert:
+            raise ValueError(f'{num_tokens} tokens do not split into {num_samples} samples '
+                             'for capacity_scope="image"')
+        group_tokens = num_tokens // groups_per_expert
+        capacity = k * int(self.capacity_factor * math.ceil(group_tokens / self.num_experts))
+        # Candidates in keeping order: rank-major, highest priority first within a rank.
+        by_priority = torch.argsort(priority, descending=True, stable=True)  # (T,)
+        candidates = (torch.arange(k, device=device)[:, None] * num_tokens +
+                      by_priority[None]).reshape(-1)  # (k*T,)
+        # Group = (expert, sample): expert-major, so each expert's kept rows stay contiguous.
+        sample = candidates % num_tokens // group_tokens
+        group = flat_expert.index_select(0, candidates) * groups_per_expert + sample
+        by_group = torch.argsort(group, stable=True)
+        order = candidates.index_select(0, by_group)
+        sorted_group = group.index_select(0, by_group)
+        all_groups = torch.arange(self.num_experts * groups_per_expert, device=device)
+        starts = torch.searchsorted(sorted_group, all_groups)
+        group_counts = torch.searchsorted(sorted_group, all_groups, right=True) - starts
+        position = torch.arange(num_assignments, device=device) - starts[sorted_group]
+        # Kept ones first, each expert's block still contiguous (stable), then the dropped.
+        order = order.index_select(0, torch.argsort(
+            (position >= capacity).to(torch.uint8), stable=True))
+        counts = group_counts.view(self.num_experts, groups_per_expert)
+        kept = counts.clamp(max=capacity)
+        self.last_expert_counts = counts.sum(1)
+        self.last_dropped_counts = (counts - kept).sum(1)
+        return order, kept.sum(1).cumsum(0)
+
+    def _uses_grouped_mm(self, tokens: Tensor) -> bool:
+        """Whether the experts run as a grouped GEMM for these tokens (see expert_backend)."""
+        if self.expert_backend == 'loop':
+            return False
+        dtype = self._expert_dtype(tokens)
+        # The grouped GEMM needs 16-byte aligned rows in every operand.
+        aligned = all(size * dtype.itemsize % 16 == 0
+                      for size in (self.embed_dims, self.feedforward_channels))
+        supported = aligned and _grouped_mm_runs(tokens.device.type, dtype)
+        if self.expert_backend == 'grouped_mm' and not supported:
+            raise RuntimeError(
+                f"expert_backend='grouped_mm' but this torch has no grouped GEMM for {dtype} "
+                f'on {tokens.device.type} with D={self.embed_dims}, '
+                f'H={self.feedforward_channels} (rows must be multiples of 16 bytes); use '
+                "expert_backend='auto'")
+        return supported
+
+    @staticmethod
+    def _expert_dtype(tokens: Tensor) -> torch.dtype:
+        """The dtype the expert matmuls run in: autocast's where it is on."""
+        device_type = tokens.device.type
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return tokens.dtype
+
+    def _experts_grouped(self, inputs: Tensor, row_expert: Tensor, ends: Tensor) -> Tensor:
+        """All experts as two grouped GEMMs: (R, D) rows sorted by expert -> (R, D).
+
+        ``row_expert`` (R,) is each row's expert, ``ends`` (E,) the cumulative group sizes,
+        both on the device: nothing is read back to the host.
+        """
+        dtype = self._expert_dtype(inputs)
+        offsets = ends.to(torch.int32)
+        # Weights are (E, out, in); the grouped GEMM takes (E, in, out): a transposed view.
+        hidden = torch._grouped_mm(inputs.to(dtype), self.expert_w1.to(dtype).transpose(1, 2),
+                                   offs=offsets)
+        hidden = _GroupedBias.apply(hidden, self.expert_b1.to(dtype), row_expert, offsets)
+        hidden = self.drop(self.activate(hidden))
+        out = torch._grouped_mm(hidden, self.expert_w2.to(dtype).transpose(1, 2), offs=offsets)
+        return self.drop(_GroupedBias.apply(out, self.expert_b2.to(dtype), row_expert, offsets))
+
+    def _experts_loop(self, inputs: Tensor, ends: Tensor) -> Tensor:
+        """Each expert on its block of (R, D) rows sorted by expert -> (R, D).
+
+        Reads the group sizes back to the host to drive the loop.
+        """
+        counts: List[int] = torch.diff(ends, prepend=ends.new_zeros(1)).tolist()
         # unbind, not indexing: its backward stacks the E gradients once instead of
         # materialising a zero (E, H, D) tensor per expert.
         params = zip(self.expert_w1.unbind(0), self.expert_b1.unbind(0),
                      self.expert_w2.unbind(0), self.expert_b2.unbind(0))
-        outputs = [self._expert(inputs, *expert_params)
-                   for inputs, expert_params in zip(expert_inputs, params) if inputs.size(0)]
-        if num_kept < num_assignments:  # dropped assignments contribute nothing
-            outputs.append(outputs[0].new_zeros(num_assignments - num_kept, self.embed_dims))
-        sorted_out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)  # (k*T, D)
-        out = _PermuteRows.apply(sorted_out, inverse, order) * flat_weight.unsqueeze(1)
-        return out if k == 1 else out.view(k, num_tokens, self.embed_dims).sum(0)
+        outputs = [self._expert(rows, *expert_params)
+                   for rows, expert_params in zip(inputs.split(counts), params)
+                   if rows.size(0)]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     def _expert(self, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
         """One expert, as mmcv FFN: (n, D) -> Linear, act, Dropout, Linear, Dropout -> (n, D)."""
@@ -361,7 +578,7 @@ class MoEFFN(nn.Module):
 
     def extra_repr(self) -> str:
         capacity = ('dropless' if self.capacity_factor is None else
-                    f'capacity_factor={self.capacity_factor}')
+                    f'capacity_factor={self.capacity_factor} per {self.capacity_scope}')
         return (f'embed_dims={self.embed_dims}, feedforward_channels='
                 f'{self.feedforward_channels}, num_experts={self.num_experts}, '
                 f'top_k={self.top_k}, {capacity}, gate_noise_std={self.gate_noise_std}, '
