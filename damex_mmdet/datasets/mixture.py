@@ -58,6 +58,12 @@ class DatasetMixture(Dataset):
         lazy_init (bool): Defer loading annotations to :meth:`full_init`.
         max_refetch (int): In training, how many other images of the same
             dataset to try when the pipeline returns None.
+        max_dropped_box_fraction (float): The largest share of a COCO-format
+            dataset's boxes that mmdet's ``CocoDataset`` may drop by its own
+            rules (``ignore`` key, no overlap with the image, ``area <= 0``,
+            less than 1 pixel wide or high) before building stops with an
+            error; the drops are logged and kept in ``dropped_boxes`` by
+            dataset and reason. A dataset that loses every box always stops.
     """
 
     def __init__(self,
@@ -66,16 +72,18 @@ class DatasetMixture(Dataset):
                  label_space: Optional[Mapping] = None,
                  test_mode: bool = False,
                  lazy_init: bool = False,
-                 max_refetch: int = 15) -> None:
+                 max_refetch: int = 15,
+                 max_dropped_box_fraction: float = 1.0) -> None:
         self.names = self._checked_names(datasets)
         self._entries = [copy.deepcopy(dict(e)) for e in datasets]
         self.pipeline = Compose(pipeline)
         self.label_space_cfg = dict(label_space or {})
         self.test_mode = test_mode
         self.max_refetch = max_refetch
+        self.max_dropped_box_fraction = max_dropped_box_fraction
         self.datasets: List[BaseDetDataset] = []
-        # Boxes mmdet will skip (degenerate or outside the image), by dataset
-        # and reason; also logged.
+        # Boxes mmdet's CocoDataset will skip by its own rules, by dataset and
+        # reason; also logged.
         self.dropped_boxes: Dict[str, Dict[str, int]] = {}
         self._pipelines: List[Compose] = []
         self._fully_initialized = False
@@ -151,7 +159,8 @@ class DatasetMixture(Dataset):
                 ann_file = osp.join(entry['data_root'], ann_file)
             metainfo = dict(entry.get('metainfo') or {})
             check = check_coco_annotations(ann_file, name,
-                                           metainfo.get('classes'))
+                                           metainfo.get('classes'),
+                                           self.max_dropped_box_fraction)
             metainfo['classes'] = check.classes
             entry['metainfo'] = metainfo
             self.dropped_boxes[name] = check.dropped_boxes
