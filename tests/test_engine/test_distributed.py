@@ -61,8 +61,8 @@ def env_with_hooks():
     return dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
 
 
-def run(args, cwd):
-    result = subprocess.run(args, cwd=cwd, env=env_with_hooks(),
+def run(args, cwd, **env):
+    result = subprocess.run(args, cwd=cwd, env=dict(env_with_hooks(), **env),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
 
@@ -124,9 +124,10 @@ def assert_same_training(root: Path, work_dir: str) -> None:
 def test_two_processes_match_one_with_the_same_global_batch(one_process_run,
                                                             tmp_path):
     root = one_process_run
-    run([str(TORCHRUN), '--nproc_per_node', '2', '--master_port',
-         str(free_port()), TRAIN, 'ddp.py', '--launcher', 'pytorch',
-         '--work-dir', 'ddp'], root)
+    # mmdet's usage: tools/dist_train.sh CONFIG GPUS [train.py options].
+    run([str(REPO_ROOT / 'tools' / 'dist_train.sh'), 'ddp.py', '2',
+         '--work-dir', 'ddp'], root, PORT=str(free_port()),
+        PYTHON=sys.executable)
     assert_same_training(root, 'ddp')
 
     # A checkpoint from 2 processes loads in 1.
