@@ -3,7 +3,14 @@
 Every expert of every MoE layer starts from the dense FFN at its place; gates
 start fresh. Use the result as ``load_from`` of a DAMEX config:
 
-    python tools/upcycle_checkpoint.py configs/damex_udb.py dino.pth damex_init.pth
+    python tools/upcycle_checkpoint.py configs/damex_udb.py dino.pth damex_init.pth \
+        --cfg-options model.moe_cfg.normalize_weights=True
+
+CONFIG must be the config you train from the result: the tool refuses one
+with which the upcycled model would not predict what the dense model predicts
+(routing weights that do not sum to 1, e.g. top-1 with normalize_weights unset,
+a capacity, other expert activations), naming the fix; ``--inexact`` accepts
+such a start.
 """
 import argparse
 import os
@@ -26,6 +33,9 @@ def parse_args():
                         help='overwrite OUT if it exists')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, as in mmdet tools')
+    parser.add_argument('--inexact', action='store_true',
+                        help='accept a config whose upcycled model does not '
+                        'compute what the dense model computes')
     return parser.parse_args()
 
 
@@ -44,7 +54,11 @@ def main():
     model.init_weights()
     checkpoint = torch.load(args.dense_checkpoint, map_location='cpu')
     dense_state = checkpoint.get('state_dict', checkpoint)
-    state = upcycle_dense_state_dict(model, dense_state)
+    try:
+        state = upcycle_dense_state_dict(model, dense_state,
+                                         exact=not args.inexact)
+    except ValueError as error:
+        raise SystemExit(f'{args.config}: {error}') from error
     model.load_state_dict(state, strict=True)
     meta = dict(checkpoint.get('meta', {}), upcycled_from=args.dense_checkpoint)
     # Write next to the target and rename, so an interrupted run never

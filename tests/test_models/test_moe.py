@@ -464,3 +464,41 @@ def test_bf16_autocast_routes_as_fp32(expert_backend):
     for param in [x_in] + params_of(moe):
         assert param.grad is not None and torch.isfinite(param.grad).all()
         assert param.grad.dtype == torch.float32
+
+
+def test_checkpointed_encoder_layers_stay_checkpointed(monkeypatch):
+    """num_cp > 0: mmdet wraps the first encoder layers for activation checkpointing; the
+    MoE layer that replaces one must be wrapped too (its FFN runs again in backward)."""
+    from mmdet.models.layers.transformer import deformable_detr_layers
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        checkpoint_wrapper)
+
+    from damex_mmdet.models.layers import MoEDeformableDetrTransformerEncoder
+    if deformable_detr_layers.checkpoint_wrapper is None:
+        # fairscale, mmdet's optional wrapper, is not installed: torch's own wrapper has
+        # the same contract (module in, checkpointed module out).
+        monkeypatch.setattr(deformable_detr_layers, 'checkpoint_wrapper', checkpoint_wrapper)
+    dims = 16
+    layer_cfg = dict(self_attn_cfg=dict(embed_dims=dims, num_levels=1, num_heads=2),
+                     ffn_cfg=dict(embed_dims=dims, feedforward_channels=32))
+    torch.manual_seed(0)
+    encoder = MoEDeformableDetrTransformerEncoder(
+        num_layers=3, num_cp=2, layer_cfg=layer_cfg, moe_layers=[0, 2],
+        moe_cfg=dict(num_experts=2))
+    dense_wrapped_type = type(encoder.layers[1])
+    assert type(encoder.layers[0]) is dense_wrapped_type  # wrapped like its dense sibling
+    moe_ffns = [m for m in encoder.modules() if isinstance(m, MoEFFN)]
+    assert len(moe_ffns) == 2
+    calls = [0, 0]
+    for i, moe in enumerate(moe_ffns):
+        moe.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+
+    query = torch.randn(2, 16, dims, requires_grad=True)
+    out = encoder(query=query, query_pos=torch.zeros_like(query),
+                  key_padding_mask=torch.zeros(2, 16, dtype=torch.bool),
+                  spatial_shapes=torch.tensor([[4, 4]]),
+                  level_start_index=torch.tensor([0]), valid_ratios=torch.ones(2, 1, 2))
+    assert calls == [1, 1]
+    out.sum().backward()
+    assert calls == [2, 1]  # layer 0 recomputed in backward, layer 2 (not checkpointed) not
+    assert moe_ffns[0].expert_w1.grad is not None

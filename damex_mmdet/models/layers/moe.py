@@ -251,6 +251,7 @@ class MoEFFN(nn.Module):
         self.capacity_scope = capacity_scope
         self.normalize_weights = normalize_weights
         self.expert_backend = expert_backend
+        self.act_cfg = dict(act_cfg)
 
         self.gate = nn.Linear(embed_dims, num_experts, bias=False)
         # The experts are stacked into four parameters rather than E modules: every parameter

@@ -10,6 +10,7 @@ from mmdet.models.layers import (DeformableDetrTransformerDecoderLayer,
                                  DeformableDetrTransformerEncoder,
                                  DeformableDetrTransformerEncoderLayer,
                                  DinoTransformerDecoder)
+from mmdet.models.layers.transformer import deformable_detr_layers
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
 
@@ -50,7 +51,9 @@ class _MoELayerPlacement:
 
     Shared by the encoder and the decoder, which build their dense layers in
     mmdet's ``_init_layers``; the swap happens right after, so every other
-    part of their construction stays mmdet's.
+    part of their construction stays mmdet's. A layer mmdet wrapped for
+    activation checkpointing (the encoder's first ``num_cp`` layers) is
+    replaced by its MoE variant wrapped the same way.
 
     Args:
         moe_layers (Sequence[int]): Indices of the layers whose FFN is an
@@ -75,8 +78,12 @@ class _MoELayerPlacement:
                     f'{type(self).__name__} of {self.num_layers} layers; '
                     f'use indices in [0, {self.num_layers - 1}] in '
                     f'model.moe_layers.')
-            self.layers[index] = self.moe_layer_type(
-                **self.layer_cfg, moe_cfg=self.moe_cfg)
+            layer = self.moe_layer_type(**self.layer_cfg, moe_cfg=self.moe_cfg)
+            if index < getattr(self, 'num_cp', -1):
+                # mmdet's own wrapper (fairscale's checkpoint_wrapper), looked
+                # up at call time as mmdet's _init_layers does.
+                layer = deformable_detr_layers.checkpoint_wrapper(layer)
+            self.layers[index] = layer
 
 
 @MODELS.register_module()
