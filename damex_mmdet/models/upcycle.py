@@ -6,7 +6,6 @@ from mmcv.cnn.bricks.transformer import FFN
 from torch import Tensor
 
 from .detectors import DAMEX
-from .layers.moe import dense_ffn_to_moe_state
 
 # The activation mmcv's FFN uses when its config names none.
 _DENSE_DEFAULT_ACT = inspect.signature(FFN.__init__).parameters['act_cfg'].default
@@ -22,11 +21,13 @@ def _dense_act_cfg(model: DAMEX, moe_name: str) -> dict:
 def upcycling_mismatches(model: DAMEX) -> List[str]:
     """Why an upcycled ``model`` would not compute what the dense model computes.
 
-    At step 0 every expert equals the dense FFN, so the MoE output equals the dense
-    output exactly when the routing weights of a token sum to 1 (renormalised weights;
-    with k=1 and ``normalize_weights=None`` the expert output is scaled by its gate
-    probability, about 1/E with a fresh gate), no token is dropped by a capacity, and the
-    experts use the dense FFN's activation.
+    At step 0 every expert equals the dense FFN (or its share of the dense FFN's hidden
+    units next to a shared expert, see ``MoEFFN.upcycled_state``), so the MoE output
+    equals the dense output exactly when the routing weights of a token sum to 1
+    (renormalised weights; with k=1 and ``normalize_weights=None`` the expert output is
+    scaled by its gate probability, about 1/E with a fresh gate), no token is dropped by
+    a capacity, and the experts use the dense FFN's activation. With a shared expert as
+    wide as the dense FFN only the activation matters.
 
     Returns:
         list[str]: One line per mismatch, naming the MoE layer and the config fix; empty
@@ -34,13 +35,16 @@ def upcycling_mismatches(model: DAMEX) -> List[str]:
     """
     problems = []
     for name, moe in model.named_moe_layers():
-        if not moe.renormalises_weights:
+        # A silent start (shared expert = the dense FFN, routed outputs zero) is exact
+        # whatever the routing weights and capacity.
+        routing_matters = not moe.upcycles_with_silent_experts
+        if routing_matters and not moe.renormalises_weights:
             problems.append(
                 f'{name}: top_k={moe.top_k}, normalize_weights={moe.normalize_weights} '
                 f'scales each expert output by its gate probability (about '
                 f'1/{moe.num_experts} with a fresh gate); set '
                 f'model.moe_cfg.normalize_weights=True')
-        if moe.capacity_factor is not None:
+        if routing_matters and moe.capacity_factor is not None:
             problems.append(
                 f'{name}: capacity_factor={moe.capacity_factor} drops the tokens over '
                 f'capacity; set model.moe_cfg.capacity_factor=None')
@@ -59,8 +63,9 @@ def upcycle_dense_state_dict(model: DAMEX,
     """Turn a dense DINO state dict into one for ``model``.
 
     Each MoE FFN of ``model`` takes the weights of the dense FFN at the same
-    place in every expert; its gate keeps ``model``'s own (freshly
-    initialised) weights. All other entries are copied unchanged.
+    place in every expert (``MoEFFN.upcycled_state``); its gate keeps
+    ``model``'s own (freshly initialised) weights. All other entries are
+    copied unchanged.
 
     Args:
         model (DAMEX): The target model, built from the config that will train
@@ -93,8 +98,7 @@ def upcycle_dense_state_dict(model: DAMEX,
                 f'the dense checkpoint has no FFN at {name}: upcycle a DINO '
                 f'checkpoint with the same encoder/decoder depth as the '
                 f'config.')
-        for key, value in dense_ffn_to_moe_state(
-                ffn_state, moe.num_experts).items():
+        for key, value in moe.upcycled_state(ffn_state).items():
             state[prefix + key] = value
         state[f'{prefix}gate.weight'] = own_state[f'{prefix}gate.weight']
     return state

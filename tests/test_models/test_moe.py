@@ -114,7 +114,7 @@ def test_dense_ffn_to_moe_state_and_upcycle_errors():
     with pytest.raises(ValueError, match='inconsistent dense FFN shapes'):
         moe.upcycle_from_dense(bad)
     wider = FFN(embed_dims=D, feedforward_channels=2 * H).state_dict()
-    with pytest.raises(ValueError, match='expert_w1'):
+    with pytest.raises(ValueError, match='dense FFN has width 32'):
         moe.upcycle_from_dense(wider)
 
 
@@ -502,3 +502,66 @@ def test_checkpointed_encoder_layers_stay_checkpointed(monkeypatch):
     out.sum().backward()
     assert calls == [2, 1]  # layer 0 recomputed in backward, layer 2 (not checkpointed) not
     assert moe_ffns[0].expert_w1.grad is not None
+
+
+def test_shared_expert_adds_a_dense_ffn_every_token_uses():
+    moe = make_moe(num_experts=3, shared_expert=True, shared_feedforward_channels=8,
+                   expert_feedforward_channels=8)
+    assert moe.expert_w1.shape == (3, 8, D) and moe.shared.feedforward_channels == 8
+    x = torch.randn(2, 5, D, dtype=torch.double, requires_grad=True)
+    out = moe(x)
+    # naive_moe's experts read their width from the parameters: routed part + x.
+    ref = naive_moe(moe, x, renormalise=False) + moe.shared(x)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    out.pow(2).sum().backward()
+    assert moe.shared.layers[0][0].weight.grad.abs().sum() > 0
+    assert 'shared_feedforward_channels=8' in repr(moe)
+    with pytest.raises(ValueError, match='shared_expert=True'):
+        MoEFFN(embed_dims=D, feedforward_channels=H, shared_feedforward_channels=8)
+
+
+def test_shared_and_narrow_experts_keep_the_dense_flops():
+    from torch.utils.flop_counter import FlopCounterMode
+    dims, hidden, tokens = 256, 2048, 64
+
+    def flops(module):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            module(torch.randn(1, tokens, dims))
+        return counter.get_total_flops()
+
+    dense = FFN(embed_dims=dims, feedforward_channels=hidden)
+    moe = MoEFFN(embed_dims=dims, feedforward_channels=hidden, num_experts=8,
+                 shared_expert=True, shared_feedforward_channels=hidden // 2,
+                 expert_feedforward_channels=hidden // 2, expert_backend='loop')
+    wide = MoEFFN(embed_dims=dims, feedforward_channels=hidden, num_experts=8,
+                  shared_expert=True, expert_backend='loop')
+    assert flops(dense) < flops(moe) <= 1.05 * flops(dense)
+    assert flops(wide) > 1.9 * flops(dense)  # a full-width shared expert doubles them
+
+
+@pytest.mark.parametrize('shared_channels,expert_channels,moe_kwargs', [
+    (H // 4, 3 * H // 4, dict(normalize_weights=True)),  # split: exact with unit weights
+    (H, H // 2, dict(capacity_factor=0.5)),  # silent experts: exact whatever the routing
+])
+def test_upcycling_with_a_shared_expert_reproduces_the_dense_ffn(
+        shared_channels, expert_channels, moe_kwargs):
+    torch.manual_seed(1)
+    dense = FFN(embed_dims=D, feedforward_channels=H).double()
+    moe = make_moe(num_experts=3, shared_expert=True, shared_feedforward_channels=shared_channels,
+                   expert_feedforward_channels=expert_channels, **moe_kwargs)
+    gate = moe.gate.weight.clone()
+    moe.upcycle_from_dense(dense.state_dict())
+    assert torch.equal(moe.gate.weight, gate)
+    x = torch.randn(2, 6, D, dtype=torch.double)
+    torch.testing.assert_close(moe(x), dense(x), rtol=0, atol=1e-12)
+
+
+def test_upcycling_with_widths_that_cannot_add_up_names_the_fix():
+    moe = make_moe(num_experts=2, shared_expert=True, shared_feedforward_channels=4,
+                   expert_feedforward_channels=4)
+    with pytest.raises(ValueError, match=f'shared_feedforward_channels={H}'):
+        moe.upcycle_from_dense(FFN(embed_dims=D, feedforward_channels=H).double().state_dict())
+    narrow = make_moe(num_experts=2, expert_feedforward_channels=4)
+    with pytest.raises(ValueError, match='without a shared expert'):
+        narrow.upcycle_from_dense(FFN(embed_dims=D, feedforward_channels=H).state_dict())

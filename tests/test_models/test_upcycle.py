@@ -88,8 +88,15 @@ def test_other_inexact_settings_are_named(model_cfg, moe_cfg, fix):
     assert len(problems) == 2 and all(fix in p for p in problems)
 
 
-@pytest.mark.parametrize('moe_cfg', [dict(normalize_weights=True),
-                                     dict(top_k=2, gate_noise_std=0.5)])
+@pytest.mark.parametrize('moe_cfg', [
+    dict(normalize_weights=True),
+    dict(top_k=2, gate_noise_std=0.5),
+    # The tiny FFNs are 64 wide: split into a shared half and routed halves,
+    dict(normalize_weights=True, shared_expert=True, shared_feedforward_channels=32,
+         expert_feedforward_channels=32),
+    # or a full-width shared expert beside silent experts (any routing, any capacity).
+    dict(shared_expert=True, expert_feedforward_channels=32, capacity_factor=0.5),
+])
 def test_upcycled_damex_predicts_what_dense_dino_predicts(model_cfg, moe_cfg):
     dense = dense_from(model_cfg)
     damex = damex_from(model_cfg, **moe_cfg)

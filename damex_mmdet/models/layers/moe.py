@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from mmcv.cnn import build_activation_layer
 from mmcv.cnn.bricks.drop import build_dropout
+from mmcv.cnn.bricks.transformer import FFN
 from torch import Tensor, nn
 
 # MoEFFN parameter name -> name of the same tensor in mmcv's dense ``FFN`` (num_fcs=2):
@@ -157,6 +158,22 @@ class MoEFFN(nn.Module):
     With ``gate_noise_std > 0`` Gaussian noise is added to the logits during training before
     experts are chosen and weighted; the clean logits are exposed for the routing losses.
 
+    Shared expert (``shared_expert=True``, DeepSeekMoE style): a dense mmcv ``FFN`` of width
+    Hs that every token uses, summed with the routed experts' output, so that what the whole
+    mixture learns is shared while each routed expert specialises. With narrower routed
+    experts (``expert_feedforward_channels`` He) the compute per token stays the dense FFN's
+    when Hs + k * He = H (e.g. Hs = He = H / 2 for k=1).
+
+    Upcycling from a dense FFN of width H (:meth:`upcycled_state`) is exact at step 0:
+
+    - no shared expert (He = H): every expert is a copy of the dense FFN; exact when the
+      routing weights of a token sum to 1 (renormalised) and no token is dropped;
+    - shared expert with Hs + He = H: the dense FFN's hidden units are split, the first Hs
+      (and the output bias) go to the shared expert, the other He to every routed expert;
+      shared + routed is the dense FFN under the same condition on the weights;
+    - shared expert with Hs = H: the shared expert is the dense FFN and the routed experts'
+      output layers start at zero, so the output is the dense FFN's whatever the routing.
+
     Capacity (``capacity_factor``, as tutel, which the DAMEX reference uses): each expert
     takes at most ``C = k * floor(capacity_factor * ceil(N / E))`` assignments from each
     group of N tokens; the rest are dropped (they add nothing; with ``add_identity`` the
@@ -171,7 +188,8 @@ class MoEFFN(nn.Module):
 
     Args:
         embed_dims: D, the token width.
-        feedforward_channels: H, the hidden width of each expert.
+        feedforward_channels: H, the hidden width of the dense FFN this layer replaces;
+            also the experts' width unless ``expert_feedforward_channels`` is given.
         num_experts: E.
         top_k: k, experts per token (1 <= k <= E).
         act_cfg: activation config of the experts (mmcv ``build_activation_layer``).
@@ -181,6 +199,9 @@ class MoEFFN(nn.Module):
         capacity_factor: None for dropless dispatch; otherwise the capacity factor above.
         capacity_scope: ``'image'`` or ``'batch'``, see above.
         normalize_weights: see above.
+        shared_expert: add a dense FFN that every token uses (see above).
+        shared_feedforward_channels: Hs, its hidden width (default H).
+        expert_feedforward_channels: He, the hidden width of each routed expert (default H).
         expert_backend: ``'auto'`` runs the experts as one grouped GEMM where this torch has
             the kernel for the device and dtype (and D, H keep 16-byte row alignment), else
             as a loop over experts; ``'grouped_mm'`` or ``'loop'`` force one.
@@ -211,13 +232,24 @@ class MoEFFN(nn.Module):
                  capacity_factor: Optional[float] = None,
                  capacity_scope: str = 'image',
                  normalize_weights: Optional[bool] = None,
+                 shared_expert: bool = False,
+                 shared_feedforward_channels: Optional[int] = None,
+                 expert_feedforward_channels: Optional[int] = None,
                  expert_backend: str = 'auto',
                  num_fcs: int = 2,
                  dropout_layer: Optional[dict] = None) -> None:
         super().__init__()
-        if embed_dims < 1 or feedforward_channels < 1:
-            raise ValueError('embed_dims and feedforward_channels must be >= 1, got '
-                             f'{embed_dims} and {feedforward_channels}')
+        expert_channels = expert_feedforward_channels or feedforward_channels
+        shared_channels = shared_feedforward_channels or feedforward_channels
+        if min(embed_dims, feedforward_channels, expert_channels, shared_channels) < 1:
+            raise ValueError('embed_dims and the feedforward channels must be >= 1, got '
+                             f'embed_dims={embed_dims}, feedforward_channels='
+                             f'{feedforward_channels}, expert_feedforward_channels='
+                             f'{expert_feedforward_channels}, shared_feedforward_channels='
+                             f'{shared_feedforward_channels}')
+        if shared_feedforward_channels is not None and not shared_expert:
+            raise ValueError('shared_feedforward_channels is set but shared_expert=False: '
+                             'set shared_expert=True or drop shared_feedforward_channels')
         if num_experts < 1:
             raise ValueError(f'num_experts must be >= 1, got {num_experts}')
         if not 1 <= top_k <= num_experts:
@@ -243,6 +275,7 @@ class MoEFFN(nn.Module):
 
         self.embed_dims = embed_dims
         self.feedforward_channels = feedforward_channels
+        self.expert_feedforward_channels = expert_channels
         self.num_experts = num_experts
         self.top_k = top_k
         self.add_identity = add_identity
@@ -257,12 +290,16 @@ class MoEFFN(nn.Module):
         # The experts are stacked into four parameters rather than E modules: every parameter
         # takes part in every step, so DDP never sees unused parameters when some expert
         # receives no token, and each expert is still a plain nn.Linear-shaped slice.
-        self.expert_w1 = nn.Parameter(torch.empty(num_experts, feedforward_channels, embed_dims))
-        self.expert_b1 = nn.Parameter(torch.empty(num_experts, feedforward_channels))
-        self.expert_w2 = nn.Parameter(torch.empty(num_experts, embed_dims, feedforward_channels))
+        self.expert_w1 = nn.Parameter(torch.empty(num_experts, expert_channels, embed_dims))
+        self.expert_b1 = nn.Parameter(torch.empty(num_experts, expert_channels))
+        self.expert_w2 = nn.Parameter(torch.empty(num_experts, embed_dims, expert_channels))
         self.expert_b2 = nn.Parameter(torch.empty(num_experts, embed_dims))
         self.activate = build_activation_layer(act_cfg)
         self.drop = nn.Dropout(ffn_drop)
+        # Initialised as the detector initialises its dense FFNs (DINO: xavier).
+        self.shared = FFN(embed_dims=embed_dims, feedforward_channels=shared_channels,
+                          act_cfg=act_cfg, ffn_drop=ffn_drop,
+                          add_identity=False) if shared_expert else None
         self.dropout_layer = build_dropout(dropout_layer) if dropout_layer else nn.Identity()
 
         # Oracle routing: (B,) long, one expert per leading-dim sample; see force_experts().
@@ -300,32 +337,88 @@ class MoEFFN(nn.Module):
           dense FFN's linears;
         - biases: nn.Linear's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which DINO leaves
           untouched on dense FFNs.
+
+        The shared expert, a plain ``FFN``, keeps the initialisation the detector gives it.
         """
         nn.init.normal_(self.gate.weight, std=0.02)
         for expert in range(self.num_experts):
             nn.init.xavier_uniform_(self.expert_w1[expert])
             nn.init.xavier_uniform_(self.expert_w2[expert])
         for bias, fan_in in ((self.expert_b1, self.embed_dims),
-                             (self.expert_b2, self.feedforward_channels)):
+                             (self.expert_b2, self.expert_feedforward_channels)):
             bound = 1 / math.sqrt(fan_in)
             nn.init.uniform_(bias, -bound, bound)
 
+    @property
+    def upcycles_with_silent_experts(self) -> bool:
+        """Whether upcycling makes the shared expert the dense FFN and starts the routed
+        experts' output at zero (shared width = H), which is exact whatever the routing."""
+        return (self.shared is not None and
+                self.shared.feedforward_channels == self.feedforward_channels)
+
     @torch.no_grad()
-    def upcycle_from_dense(self, state: Mapping[str, Tensor]) -> None:
-        """Copy a dense mmcv ``FFN``'s weights into every expert (the gate is kept).
+    def upcycled_state(self, dense_state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+        """This layer's state, without the gate, started from a dense mmcv ``FFN``.
+
+        See the class docstring for the three cases and when each is exact.
 
         Args:
-            state: the FFN's state dict without prefix (see :func:`dense_ffn_to_moe_state`).
+            dense_state: the FFN's state dict without prefix (see
+                :func:`dense_ffn_to_moe_state`); its width must be ``feedforward_channels``.
+
+        Returns:
+            Expert (and shared expert) tensors keyed as in ``self.state_dict()``.
         """
-        moe_state = dense_ffn_to_moe_state(state, self.num_experts)
-        for name, value in moe_state.items():  # check all before copying any
-            param = getattr(self, name)
-            if value.shape != param.shape:
-                raise ValueError(f'{name}: dense FFN gives {tuple(value.shape)}, this MoEFFN '
-                                 f'(E={self.num_experts}, H={self.feedforward_channels}, '
-                                 f'D={self.embed_dims}) needs {tuple(param.shape)}')
-        for name, value in moe_state.items():
-            getattr(self, name).copy_(value)
+        dense = {name: value[0] for name, value in
+                 dense_ffn_to_moe_state(dense_state, num_experts=1).items()}
+        hidden, dims = dense['expert_w1'].shape
+        if (hidden, dims) != (self.feedforward_channels, self.embed_dims):
+            raise ValueError(f'the dense FFN has width {hidden} and {dims} dims; this MoEFFN '
+                             f'replaces one of width {self.feedforward_channels} and '
+                             f'{self.embed_dims} dims (feedforward_channels, embed_dims)')
+
+        def every_expert(tensor: Tensor) -> Tensor:
+            return tensor.unsqueeze(0).expand(self.num_experts, *tensor.shape).clone()
+
+        expert_channels = self.expert_feedforward_channels
+        if self.shared is None:
+            if expert_channels != hidden:
+                raise ValueError(f'routed experts of width {expert_channels} cannot copy a '
+                                 f'dense FFN of width {hidden}: without a shared expert, '
+                                 'expert_feedforward_channels must be feedforward_channels')
+            return {name: every_expert(value) for name, value in dense.items()}
+        shared_channels = self.shared.feedforward_channels
+        if shared_channels == hidden:
+            shared = dense
+            routed = dict(expert_w1=self.expert_w1.clone(), expert_b1=self.expert_b1.clone(),
+                          expert_w2=torch.zeros_like(self.expert_w2),
+                          expert_b2=torch.zeros_like(self.expert_b2))
+        elif shared_channels + expert_channels == hidden:
+            w1, b1, w2 = dense['expert_w1'], dense['expert_b1'], dense['expert_w2']
+            shared = dict(expert_w1=w1[:shared_channels], expert_b1=b1[:shared_channels],
+                          expert_w2=w2[:, :shared_channels], expert_b2=dense['expert_b2'])
+            routed = dict(expert_w1=every_expert(w1[shared_channels:]),
+                          expert_b1=every_expert(b1[shared_channels:]),
+                          expert_w2=every_expert(w2[:, shared_channels:]),
+                          expert_b2=torch.zeros_like(self.expert_b2))
+        else:
+            raise ValueError(f'a shared expert of width {shared_channels} and routed experts '
+                             f'of width {expert_channels} cannot reproduce a dense FFN of '
+                             f'width {hidden}: use shared_feedforward_channels={hidden}, or '
+                             'shared + expert widths that add up to it')
+        state = {f'shared.{DENSE_FFN_KEYS[name]}': value.clone().contiguous()
+                 for name, value in shared.items()}
+        state.update(routed)
+        return state
+
+    @torch.no_grad()
+    def upcycle_from_dense(self, state: Mapping[str, Tensor]) -> None:
+        """Start the experts from a dense mmcv ``FFN`` (the gate is kept).
+
+        Args:
+            state: the FFN's state dict without prefix (see :meth:`upcycled_state`).
+        """
+        self.load_state_dict(dict(self.upcycled_state(state), **{'gate.weight': self.gate.weight}))
 
     @contextmanager
     def force_experts(self, experts: Tensor) -> Iterator['MoEFFN']:
@@ -358,7 +451,10 @@ class MoEFFN(nn.Module):
         expert_idx, weights, priority = self._route(logits, lead_shape)  # (T, k'), (T, k'), (T,)
         num_samples = lead_shape[0] if len(lead_shape) > 1 else 1
         out = self._dispatch(tokens, expert_idx, weights.to(tokens.dtype), priority,
-                             num_samples).reshape(x.shape)
+                             num_samples)
+        if self.shared is not None:
+            out = out + self.shared(tokens)
+        out = out.reshape(x.shape)
 
         self.last_gate_logits = logits.reshape(*lead_shape, self.num_experts)
         self.last_expert_indices = expert_idx.reshape(*lead_shape, expert_idx.size(1))
@@ -523,13 +619,13 @@ class MoEFFN(nn.Module):
         dtype = self._expert_dtype(tokens)
         # The grouped GEMM needs 16-byte aligned rows in every operand.
         aligned = all(size * dtype.itemsize % 16 == 0
-                      for size in (self.embed_dims, self.feedforward_channels))
+                      for size in (self.embed_dims, self.expert_feedforward_channels))
         supported = aligned and _grouped_mm_runs(tokens.device.type, dtype)
         if self.expert_backend == 'grouped_mm' and not supported:
             raise RuntimeError(
                 f"expert_backend='grouped_mm' but this torch has no grouped GEMM for {dtype} "
                 f'on {tokens.device.type} with D={self.embed_dims}, '
-                f'H={self.feedforward_channels} (rows must be multiples of 16 bytes); use '
+                f'H={self.expert_feedforward_channels} (rows must be multiples of 16 bytes); use '
                 "expert_backend='auto'")
         return supported
 
@@ -580,7 +676,10 @@ class MoEFFN(nn.Module):
     def extra_repr(self) -> str:
         capacity = ('dropless' if self.capacity_factor is None else
                     f'capacity_factor={self.capacity_factor} per {self.capacity_scope}')
+        shared = ('' if self.shared is None else
+                  f'shared_feedforward_channels={self.shared.feedforward_channels}, ')
         return (f'embed_dims={self.embed_dims}, feedforward_channels='
-                f'{self.feedforward_channels}, num_experts={self.num_experts}, '
+                f'{self.feedforward_channels}, expert_feedforward_channels='
+                f'{self.expert_feedforward_channels}, {shared}num_experts={self.num_experts}, '
                 f'top_k={self.top_k}, {capacity}, gate_noise_std={self.gate_noise_std}, '
                 f'normalize_weights={self.normalize_weights}, add_identity={self.add_identity}')
