@@ -13,13 +13,28 @@ Settings (the paper's three, at demo scale):
 - domains: the three most different domains only (sketch, aerial, scan);
 - labels: photo and sketch, which share class names but not label blocks.
 
+Models: dino (dense), moe (vanilla MoE), damex, and upcycled: dense DINO for
+the first --dense-fraction of the iterations, upcycled exactly into DAMEX
+(tools/upcycle_checkpoint.py, every expert a copy of the dense FFN, routing
+weight 1 so the upcycled model computes what the dense one did), then DAMEX
+for the rest with ``load_from``. Same total iterations; the learning-rate
+schedule continues where the dense phase stopped; the optimizer state
+(AdamW moments) starts afresh in the DAMEX phase, as with any ``load_from``.
+
+Each model is trained with every sampler of --samplers (proportional: drawn
+by dataset size; temp2: size^(1/2)) and reported with its best one (by mean
+AP over the seeds), and every model is compared with dense DINO seed by seed:
+per-seed differences (model minus dense, same seed), their mean and standard
+deviation.
+
 Usage:
-    python benchmarks/mixture_study.py [--settings default] [--seeds 0 1]
-        [--models dino moe damex] [--max-iters 500]
-        [--num-train N --num-val N]   # smoke runs on smaller mixtures
+    python benchmarks/mixture_study.py [--settings default] [--seeds 0 1 2]
+        [--models dino moe damex upcycled] [--samplers proportional temp2]
+        [--max-iters 500] [--dense-fraction 0.5] [--num-val 200]
+        [--num-train N]   # smoke runs on smaller mixtures
         [--tag NAME --cfg-options KEY=VALUE ...]   # a variant, e.g.
         # --tag weight1 --cfg-options model.routing_loss.loss_weight=1.0
-Results: work_dirs/study/results.json and a markdown table on stdout.
+Results: work_dirs/study/results.json and markdown tables on stdout.
 """
 import argparse
 import json
@@ -35,6 +50,9 @@ from damex_mmdet.datasets.demo import DEMO_DATASETS, generate_demo_mixture
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = dict(dino='configs/demo/dino_demo.py', moe='configs/demo/moe_demo.py',
                damex='configs/demo/damex_demo.py')
+# Trained in two phases: dense DINO, then DAMEX from the upcycled checkpoint.
+UPCYCLED = 'upcycled'
+MODELS = [*CONFIGS, UPCYCLED]
 NAMES = [spec.name for spec in DEMO_DATASETS]
 CLASSES = {spec.name: spec.classes for spec in DEMO_DATASETS}
 SETTINGS = dict(
@@ -43,6 +61,14 @@ SETTINGS = dict(
     domains=dict(datasets=['sketch', 'aerial', 'scan'], num_train=None),
     labels=dict(datasets=['photo', 'sketch'], num_train=None),
 )
+# Run-name suffix -> the sampler's config; proportional is the configs' own.
+SAMPLERS = dict(
+    proportional=None,
+    temp2="dict(type='MixtureSampler', mode='temperature', temperature=2.0)",
+)
+# 200 val images per dataset resolve differences of about 1 AP; the generator
+# draws val images from their own stream, so the training sets stay the same.
+DEFAULT_NUM_VAL = 200
 
 
 def parse_args(argv=None):
@@ -50,15 +76,21 @@ def parse_args(argv=None):
     parser.add_argument('--settings', nargs='+', default=['default'],
                         choices=sorted(SETTINGS))
     parser.add_argument('--models', nargs='+', default=list(CONFIGS),
-                        choices=sorted(CONFIGS))
+                        choices=MODELS)
+    parser.add_argument('--samplers', nargs='+', default=['proportional'],
+                        choices=list(SAMPLERS),
+                        help='train every model with each; the tables report '
+                        'each model with its best')
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
     parser.add_argument('--max-iters', type=int, default=500)
+    parser.add_argument('--dense-fraction', type=float, default=0.5,
+                        help='share of the iterations the upcycled model '
+                        'trains dense')
     parser.add_argument('--num-train', type=int, default=None,
                         help='training images per dataset in every setting, '
                         'for smoke runs (default: the setting\'s own)')
-    parser.add_argument('--num-val', type=int, default=None,
-                        help='validation images per dataset, for smoke runs '
-                        '(default: the generator\'s)')
+    parser.add_argument('--num-val', type=int, default=DEFAULT_NUM_VAL,
+                        help='validation images per dataset')
     parser.add_argument('--work-dir', default='work_dirs/study')
     parser.add_argument('--data-dir', default='data/study')
     parser.add_argument('--tag', default='',
@@ -67,11 +99,18 @@ def parse_args(argv=None):
                         metavar='KEY=VALUE',
                         help='config overrides of the variant, passed to '
                         'tools/train.py')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if UPCYCLED in args.models:
+        dense_iters = round(args.dense_fraction * args.max_iters)
+        if not 0 < dense_iters < args.max_iters:
+            parser.error(
+                f'--dense-fraction {args.dense_fraction} of {args.max_iters} '
+                'iterations leaves no dense or no DAMEX phase')
+    return args
 
 
 def study_config(setting: str, data_root: Path, model: str, seed: int,
-                 max_iters: int) -> str:
+                 max_iters: int, sampler: str = 'proportional') -> str:
     """A config restricting the demo config to a setting's datasets."""
     names = SETTINGS[setting]['datasets']
 
@@ -92,6 +131,9 @@ def study_config(setting: str, data_root: Path, model: str, seed: int,
         f'val_dataloader = dict(dataset=dict(datasets={entries("val")}))',
         'test_dataloader = val_dataloader',
     ]
+    if SAMPLERS[sampler]:
+        lines.append('train_dataloader.update(sampler=dict(_delete_=True, '
+                     f'**{SAMPLERS[sampler]}))')
     if model == 'damex':
         lines += [
             f'model.update(dataset_to_expert=dict(_delete_=True, '
@@ -100,6 +142,68 @@ def study_config(setting: str, data_root: Path, model: str, seed: int,
             f"type='RoutingMetric', dataset_to_expert={experts})]",
             'test_evaluator = val_evaluator']
     return '\n'.join(lines) + '\n'
+
+
+def continued_schedule(schedulers, offset: int, length: int) -> list:
+    """Iteration-based schedulers that continue ``schedulers`` from iteration
+    ``offset`` for ``length`` iterations, counting from 0 again.
+
+    Supports what the demo config uses: ``LinearLR`` (a warm-up cut at
+    ``offset`` starts from the factor it had reached; a finished one that
+    ends at factor 1 is dropped) and ``MultiStepLR`` (milestones already
+    passed become a ``ConstantLR`` factor over the whole continuation).
+    Raises SystemExit for anything else.
+    """
+    continued = []
+    for scheduler in schedulers:
+        scheduler = dict(scheduler)
+        kind = scheduler.pop('type')
+        if scheduler.pop('by_epoch', True):
+            raise SystemExit(f'cannot continue the epoch-based {kind}: the '
+                             'study needs iteration-based schedulers')
+        begin = scheduler.pop('begin', 0)
+        end = scheduler.pop('end', offset + length)
+        if kind == 'LinearLR':
+            start = scheduler.pop('start_factor', 1.0 / 3)
+            stop = scheduler.pop('end_factor', 1.0)
+            # mmengine's LinearLR reaches end_factor at iteration end - 1.
+            if end - 1 <= offset:
+                if stop != 1.0:
+                    raise SystemExit('cannot continue a finished LinearLR '
+                                     'whose end_factor is not 1')
+                continue
+            passed = max(0, offset - begin) / (end - 1 - begin)
+            continued.append(dict(
+                type='LinearLR', by_epoch=False,
+                start_factor=start + (stop - start) * passed,
+                end_factor=stop, begin=max(0, begin - offset),
+                end=end - offset, **scheduler))
+        elif kind == 'MultiStepLR':
+            gamma = scheduler.pop('gamma', 0.1)
+            milestones = [begin + m for m in scheduler.pop('milestones')
+                          if begin + m < end]
+            done = sum(m <= offset for m in milestones)
+            if done:
+                # ConstantLR restores the rate at iteration end - 1.
+                continued.append(dict(type='ConstantLR', by_epoch=False,
+                                      factor=gamma**done, begin=0,
+                                      end=length + 1))
+            ahead = [m - max(begin, offset) for m in milestones if m > offset]
+            if ahead:
+                continued.append(dict(
+                    type='MultiStepLR', by_epoch=False, gamma=gamma,
+                    milestones=ahead, begin=max(0, begin - offset),
+                    end=end - offset, **scheduler))
+        else:
+            raise SystemExit(f'cannot continue a {kind} schedule')
+    return continued
+
+
+def base_schedule(model: str) -> list:
+    """The param_scheduler of a model's demo config."""
+    from mmengine.config import Config
+    return [s.to_dict() for s in
+            Config.fromfile(str(REPO / CONFIGS[model])).param_scheduler]
 
 
 def final_metrics(work_dir: Path):
@@ -117,20 +221,26 @@ def variant_suffix(args) -> str:
     return f'_{args.tag}' if args.tag else ''
 
 
-def run(setting, model, seed, args, progress):
-    data_root = Path(args.data_dir) / setting
-    run_name = f'{model}{variant_suffix(args)}_seed{seed}'
-    work_dir = Path(args.work_dir) / setting / run_name
-    config = work_dir.parent / f'{run_name}.py'
-    # The first line records what the config cannot show, so a finished run
-    # is reused only for the same mixture sizes and overrides.
+def run_name(model: str, sampler: str, seed: int, args) -> str:
+    sampler_suffix = '' if sampler == 'proportional' else f'_{sampler}'
+    return f'{model}{variant_suffix(args)}{sampler_suffix}_seed{seed}'
+
+
+def train(setting: str, name: str, text: str, args, progress, finished,
+          cfg_options) -> Path:
+    """Train the config ``text`` as run ``name`` unless it already finished.
+
+    ``finished(work_dir)`` tells whether a run is complete. A finished run is
+    reused only when its config is ``text``; the config's first line records
+    what the config cannot show (mixture sizes, ``cfg_options``).
+    """
+    work_dir = Path(args.work_dir) / setting / name
+    config = work_dir.parent / f'{name}.py'
     text = (f'# mixture_study.py: num_train={args.num_train} '
-            f'num_val={args.num_val} cfg_options={args.cfg_options}\n'
-            + study_config(setting, data_root, model, seed, args.max_iters))
-    metrics = final_metrics(work_dir)
-    if metrics is not None:
+            f'num_val={args.num_val} cfg_options={cfg_options}\n' + text)
+    if finished(work_dir):
         if config.exists() and config.read_text() == text:
-            return metrics
+            return work_dir
         raise SystemExit(
             f'{work_dir} holds a finished run whose parameters differ from '
             f'this study\'s (compare {config}). Pass another --work-dir or '
@@ -139,41 +249,133 @@ def run(setting, model, seed, args, progress):
     config.write_text(text)
     command = [sys.executable, str(REPO / 'tools' / 'train.py'), str(config),
                '--work-dir', str(work_dir)]
-    if args.cfg_options:
-        command += ['--cfg-options', *args.cfg_options]
-    progress.write(f'training {setting}/{run_name} -> {work_dir}')
-    log = work_dir.parent / f'{run_name}.log'
-    with open(log, 'w') as out:
+    if cfg_options:
+        command += ['--cfg-options', *cfg_options]
+    progress.write(f'training {setting}/{name} -> {work_dir}')
+    with open(work_dir.parent / f'{name}.log', 'w') as out:
         subprocess.run(command, stdout=out, stderr=subprocess.STDOUT,
                        check=True)
-    return final_metrics(work_dir)
+    return work_dir
+
+
+def run(setting, model, sampler, seed, args, progress):
+    data_root = Path(args.data_dir) / setting
+    name = run_name(model, sampler, seed, args)
+
+    def finished(work_dir):
+        return final_metrics(work_dir) is not None
+    if model != UPCYCLED:
+        text = study_config(setting, data_root, model, seed, args.max_iters,
+                            sampler)
+        return final_metrics(train(setting, name, text, args, progress,
+                                   finished, args.cfg_options))
+    dense_iters = round(args.dense_fraction * args.max_iters)
+    damex_iters = args.max_iters - dense_iters
+    # The dense phase runs the demo schedule and stops early, without
+    # validation; the variant's --cfg-options are DAMEX options and apply to
+    # the DAMEX phase only.
+    dense_text = study_config(setting, data_root, 'dino', seed, dense_iters,
+                              sampler) + (
+        f'train_cfg.update(val_interval={args.max_iters + 1})\n')
+    dense_name = name.replace(f'_seed{seed}', f'_dense_seed{seed}')
+    dense_dir = train(
+        setting, dense_name, dense_text, args, progress,
+        lambda d: (d / f'iter_{dense_iters}.pth').is_file(), [])
+    init = dense_dir.parent / f'{name}_init.pth'
+    schedule = continued_schedule(base_schedule('dino'), dense_iters,
+                                  damex_iters)
+    damex_text = study_config(setting, data_root, 'damex', seed, damex_iters,
+                              sampler) + (
+        '# Routing weight 1: the upcycled model starts as the dense one.\n'
+        'model.update(moe_cfg=dict(normalize_weights=True))\n'
+        f"load_from = '{init.resolve()}'\n"
+        f'param_scheduler = {schedule}\n')
+    if not finished(Path(args.work_dir) / setting / name):
+        upcycle_config = dense_dir.parent / f'{name}_upcycle.py'
+        upcycle_config.write_text(damex_text)
+        command = [sys.executable,
+                   str(REPO / 'tools' / 'upcycle_checkpoint.py'),
+                   str(upcycle_config),
+                   str(dense_dir / f'iter_{dense_iters}.pth'), str(init),
+                   '--force']
+        if args.cfg_options:
+            command += ['--cfg-options', *args.cfg_options]
+        with open(dense_dir.parent / f'{name}_upcycle.log', 'w') as out:
+            subprocess.run(command, stdout=out, stderr=subprocess.STDOUT,
+                           check=True)
+    return final_metrics(train(setting, name, damex_text, args, progress,
+                               finished, args.cfg_options))
+
+
+def mean_std(values):
+    """``mean±std`` (sample standard deviation; 0 for one value)."""
+    std = np.std(values, ddof=1) if len(values) > 1 else 0.0
+    return f'{np.mean(values):.3f}±{std:.3f}'
+
+
+def best_samplers(by_run):
+    """Each model's sampler with the highest mean AP over its seeds."""
+    best = {}
+    for key, runs in by_run.items():
+        model, sampler = key.split('/')
+        score = np.mean([r['mixture/mean/AP'] for r in runs])
+        if model not in best or score > best[model][1]:
+            best[model] = (sampler, score)
+    return {model: sampler for model, (sampler, _) in best.items()}
 
 
 def summarise(results):
-    """Markdown tables: mean (and spread over seeds) per model."""
+    """Markdown tables per setting: every model and sampler (mean ± std over
+    seeds), then each model with its best sampler against dense DINO with
+    its best, seed by seed."""
     lines = []
-    for setting, by_model in results.items():
+    for setting, by_run in results.items():
         names = SETTINGS[setting]['datasets']
         lines += [f'\n### {setting}: {", ".join(names)}\n',
-                  '| model | ' + ' | '.join(f'{n} AP50' for n in names)
-                  + ' | mean AP50 | mean AP | routing acc | max expert load |',
-                  '|---' * (len(names) + 5) + '|']
-        for model, runs in by_model.items():
-            def stat(key):
-                values = [r[key] for r in runs if key in r]
-                if not values:
-                    return 'n/a'
-                spread = (max(values) - min(values)) / 2
-                return f'{np.mean(values):.3f}±{spread:.3f}'
+                  '| model | sampler | ' + ' | '.join(f'{n} AP' for n in names)
+                  + ' | mean AP | mean AP50 | routing acc | max expert load |',
+                  '|---' * (len(names) + 6) + '|']
+        for key, runs in by_run.items():
+            def stat(metric):
+                values = [r[metric] for r in runs if metric in r]
+                return mean_std(values) if values else 'n/a'
             loads = [max(v for k, v in r.items() if k.startswith(
                 'routing/expert') and k.endswith('/load')) for r in runs
                 if any(k.startswith('routing/expert') for k in r)]
             load = f'{np.mean(loads):.2f}' if loads else 'n/a'
+            model, sampler = key.split('/')
             lines.append(
-                f'| {model} | ' + ' | '.join(
-                    stat(f'mixture/{n}/AP50') for n in names)
-                + f' | {stat("mixture/mean/AP50")} | {stat("mixture/mean/AP")}'
+                f'| {model} | {sampler} | ' + ' | '.join(
+                    stat(f'mixture/{n}/AP') for n in names)
+                + f' | {stat("mixture/mean/AP")} | {stat("mixture/mean/AP50")}'
                 f' | {stat("routing/mean/acc")} | {load} |')
+        best = best_samplers(by_run)
+        if 'dino' not in best or len(best) < 2:
+            continue
+        dense = {r['seed']: r for r in by_run[f'dino/{best["dino"]}']}
+        lines += ['\nEach model with its best sampler minus dense DINO with '
+                  f'its best ({best["dino"]}), same seed:\n',
+                  '| model (sampler) | AP difference per seed | mean±std AP '
+                  '| mean±std AP50 | ' + ' | '.join(
+                      f'{n} AP mean±std' for n in names) + ' |',
+                  '|---' * (len(names) + 4) + '|']
+        for model, sampler in best.items():
+            if model == 'dino':
+                continue
+            runs = [r for r in by_run[f'{model}/{sampler}']
+                    if r['seed'] in dense]
+
+            def differences(metric):
+                return [r[metric] - dense[r['seed']][metric] for r in runs]
+            per_seed = ' / '.join(
+                f'{d:+.3f} (seed {r["seed"]})'
+                for d, r in zip(differences('mixture/mean/AP'), runs))
+            lines.append(
+                f'| {model} ({sampler}) | {per_seed} | '
+                f'{mean_std(differences("mixture/mean/AP"))} | '
+                f'{mean_std(differences("mixture/mean/AP50"))} | '
+                + ' | '.join(mean_std(differences(f'mixture/{n}/AP'))
+                             for n in names) + ' |')
     return '\n'.join(lines)
 
 
@@ -181,24 +383,27 @@ def main(argv=None):
     args = parse_args(argv)
     # Seed-major order: an interrupted study has every model at the first
     # seed before any model at the second.
-    jobs = [(s, m, seed) for s in args.settings for seed in args.seeds
-            for m in args.models]
+    jobs = [(s, m, sampler, seed) for s in args.settings for seed in args.seeds
+            for sampler in args.samplers for m in args.models]
     for setting in args.settings:
         num_train = args.num_train or SETTINGS[setting]['num_train']
         generate_demo_mixture(Path(args.data_dir) / setting,
                               num_train=num_train, num_val=args.num_val)
-    results = {s: {m: [] for m in args.models} for s in args.settings}
+    results = {s: {f'{m}/{sampler}': [] for m in args.models
+                   for sampler in args.samplers} for s in args.settings}
     with tqdm(jobs, desc='study runs', unit='run') as progress:
-        for setting, model, seed in progress:
-            results[setting][model].append(
-                run(setting, model, seed, args, progress))
+        for setting, model, sampler, seed in progress:
+            metrics = run(setting, model, sampler, seed, args, progress)
+            results[setting][f'{model}/{sampler}'].append(
+                dict(metrics, seed=seed))
     out = Path(args.work_dir) / f'results{variant_suffix(args)}.json'
     # Settings studied by earlier invocations stay in the file.
     stored = json.loads(out.read_text()) if out.exists() else {}
     stored.update(results)
     out.write_text(json.dumps(stored, indent=2))
     print(f'\nResults ({len(args.seeds)} seeds, {args.max_iters} iterations, '
-          f'±half the range over seeds): {out}')
+          f'{args.num_val} val images per dataset, mean±std over seeds): '
+          f'{out}')
     print(summarise(results))
 
 

@@ -1,38 +1,72 @@
-"""The accuracy study script end to end, at smoke-test size."""
+"""The accuracy study script: end to end at smoke-test size, and its parts."""
+import filecmp
+import importlib.util
 import json
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import PARAM_SCHEDULERS
+
+from damex_mmdet.datasets.demo import generate_demo_mixture
+
 from ..conftest import REPO_ROOT
+
+
+def load_study():
+    spec = importlib.util.spec_from_file_location(
+        'mixture_study', REPO_ROOT / 'benchmarks' / 'mixture_study.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+study = load_study()
 
 
 def run_study(tmp_path, *extra_args):
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / 'benchmarks' / 'mixture_study.py'),
-         '--settings', 'labels', '--models', 'damex', '--seeds', '0',
+         '--settings', 'labels', '--models', 'upcycled',
+         '--samplers', 'temp2', '--seeds', '0',
          '--max-iters', '2', '--num-train', '4', '--num-val', '3',
          '--work-dir', str(tmp_path / 'study'),
          '--data-dir', str(tmp_path / 'data'), *extra_args],
         capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
 
 
-def test_study_trains_reports_and_reuses_finished_runs(tmp_path):
+def test_study_trains_upcycles_reports_and_reuses_finished_runs(tmp_path):
     results_file = tmp_path / 'study' / 'results.json'
     results_file.parent.mkdir(parents=True)
-    earlier = {'default': {'dino': [{'mixture/mean/AP50': 0.5}]}}
+    earlier = {'default': {'dino/proportional': [{'mixture/mean/AP': 0.5}]}}
     results_file.write_text(json.dumps(earlier))
 
     first = run_study(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert 'training labels/damex_seed0' in first.stdout
+    for name in ('upcycled_temp2_dense_seed0', 'upcycled_temp2_seed0'):
+        assert f'training labels/{name}' in first.stdout
+    runs = tmp_path / 'study' / 'labels'
+    assert (runs / 'upcycled_temp2_dense_seed0' / 'iter_1.pth').is_file()
+    assert (runs / 'upcycled_temp2_seed0_init.pth').is_file()
+    damex_phase = Config.fromfile(str(runs / 'upcycled_temp2_seed0.py'))
+    assert damex_phase.load_from == str(runs.resolve() /
+                                        'upcycled_temp2_seed0_init.pth')
+    assert damex_phase.model.moe_cfg.normalize_weights is True
+    assert damex_phase.train_cfg.max_iters == 1
+    assert damex_phase.train_dataloader.sampler.mode == 'temperature'
+
     results = json.loads(results_file.read_text())
     assert results['default'] == earlier['default']
-    [record] = results['labels']['damex']
-    assert {'mixture/photo/AP50', 'mixture/sketch/AP50', 'mixture/mean/AP',
-            'routing/mean/acc', 'routing/expert0/load'} <= set(record)
-    table_row = next(line for line in first.stdout.splitlines()
-                     if line.startswith('| damex |'))
-    assert f'{record["mixture/mean/AP50"]:.3f}' in table_row
+    [upcycled] = results['labels']['upcycled/temp2']
+    assert upcycled['seed'] == 0
+    assert {'mixture/photo/AP', 'mixture/sketch/AP', 'mixture/mean/AP',
+            'routing/mean/acc', 'routing/expert0/load'} <= set(upcycled)
+    row = next(line for line in first.stdout.splitlines()
+               if line.startswith('| upcycled | temp2 |'))
+    assert f'{upcycled["mixture/mean/AP"]:.3f}±0.000' in row
 
     again = run_study(tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -41,3 +75,64 @@ def test_study_trains_reports_and_reuses_finished_runs(tmp_path):
     other_sizes = run_study(tmp_path, '--num-val', '2')
     assert other_sizes.returncode != 0
     assert 'parameters differ' in other_sizes.stderr
+
+
+def test_more_val_images_leave_the_training_images_unchanged(tmp_path):
+    small = generate_demo_mixture(tmp_path / 'small', num_train=2, num_val=1,
+                                  progress=False)
+    large = generate_demo_mixture(tmp_path / 'large', num_train=2, num_val=3,
+                                  progress=False)
+    for name in small:
+        train_small, train_large = small[name]['train'], large[name]['train']
+        assert filecmp.cmp(train_small['ann_file'], train_large['ann_file'],
+                           shallow=False)
+        match, mismatch, errors = filecmp.cmpfiles(
+            train_small['img_prefix'], train_large['img_prefix'],
+            [f'{name}_train_{i:04d}.png' for i in range(2)], shallow=False)
+        assert len(match) == 2 and not mismatch and not errors
+        assert large[name]['val']['num_images'] == 3
+        assert filecmp.cmp(small[name]['val']['img_prefix'] + f'{name}_val_0000.png',
+                           large[name]['val']['img_prefix'] + f'{name}_val_0000.png',
+                           shallow=False)
+
+
+def learning_rates(schedulers, iterations):
+    """The learning rate of each iteration under mmengine's own schedulers."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    built = [PARAM_SCHEDULERS.build(dict(s, optimizer=optimizer))
+             for s in schedulers]
+    rates = []
+    for _ in range(iterations):
+        rates.append(optimizer.param_groups[0]['lr'])
+        optimizer.step()
+        for scheduler in built:
+            scheduler.step()
+    return np.array(rates)
+
+
+@pytest.mark.parametrize('offset', [20, 250, 450])
+def test_continued_schedule_matches_the_uninterrupted_one(offset):
+    schedule = study.base_schedule('dino')
+    whole = learning_rates(schedule, 500)
+    continued = learning_rates(
+        study.continued_schedule(schedule, offset, 500 - offset), 500 - offset)
+    np.testing.assert_allclose(continued, whole[offset:], rtol=1e-9)
+
+
+def test_summary_picks_each_models_best_sampler_and_pairs_seeds():
+    def record(seed, ap):
+        return {'seed': seed, 'mixture/mean/AP': ap, 'mixture/mean/AP50': ap + .2,
+                'mixture/photo/AP': ap, 'mixture/sketch/AP': ap}
+    results = {'labels': {
+        'dino/proportional': [record(0, .50), record(1, .40)],
+        'dino/temp2': [record(0, .45), record(1, .47)],
+        'damex/proportional': [record(1, .49), record(0, .53)],
+        'damex/temp2': [record(0, .40), record(1, .40)],
+    }}
+    assert study.best_samplers(results['labels']) == dict(
+        dino='temp2', damex='proportional')
+    row = next(line for line in study.summarise(results).splitlines()
+               if line.startswith('| damex (proportional) |'))
+    # Paired by seed: 0.49 - 0.47 (seed 1) and 0.53 - 0.45 (seed 0).
+    assert '+0.020 (seed 1) / +0.080 (seed 0)' in row
+    assert f'0.050±{np.std([0.02, 0.08], ddof=1):.3f}' in row
