@@ -7,6 +7,9 @@ _base_ = [
     '../_base_/datasets/demo_mixture.py'
 ]
 custom_imports = dict(imports=['damex_mmdet'], allow_failed_imports=False)
+# No randomness.seed: every run draws its own; --resume takes the seed of the
+# checkpoint it resumes, so a resumed run continues exactly.
+runner_type = 'ExactResumeRunner'
 
 embed_dims = 256
 num_classes = 11  # photo 3 + sketch 4 + aerial 3 + scan 1, disjoint blocks

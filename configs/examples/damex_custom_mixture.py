@@ -2,6 +2,8 @@
 # an annotation file, an image folder and (optionally) their classes.
 _base_ = 'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py'
 custom_imports = dict(imports=['damex_mmdet'], allow_failed_imports=False)
+# --resume takes the seed of the checkpoint it resumes, so it continues exactly.
+runner_type = 'ExactResumeRunner'
 
 train_sets = [
     dict(name='pets', ann_file='data/pets/annotations/train.json',

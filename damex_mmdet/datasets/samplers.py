@@ -53,7 +53,10 @@ class MixtureSampler(Sampler):
     ``_InfiniteDataloaderIterator`` calls :meth:`set_epoch` at every pass and,
     on resume, replays the consumed batches. Both therefore continue with
     the order an uninterrupted run would have seen, provided the seed is
-    the same (set ``randomness.seed`` in the config, or pass ``seed``).
+    the same: the Runner builds the sampler before it reads the checkpoint,
+    so a config without ``randomness.seed`` needs
+    ``runner_type = 'ExactResumeRunner'`` (as the shipped configs have),
+    which takes the checkpoint's seed.
 
     With ``shuffle=False`` nothing is random: each dataset's stream is
     ``0, 1, ..., size - 1, 0, 1, ...`` and the datasets are interleaved

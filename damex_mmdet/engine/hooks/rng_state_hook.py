@@ -1,12 +1,20 @@
 """Carry the random number generators' states through checkpoints."""
+import logging
 import random
+from typing import Optional
 
 import numpy as np
 import torch
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 
 RNG_KEY = 'rng_state'
+
+
+def _train_sampler_seed(runner) -> Optional[int]:
+    """The seed of the train dataloader's sampler, None if it has none."""
+    return getattr(runner.train_dataloader.sampler, 'seed', None)
 
 
 @HOOKS.register_module()
@@ -19,6 +27,12 @@ class RNGStateHook(Hook):
     states are restored right before the first resumed iteration, because
     building the dataloader iterator and skipping the consumed batches draw
     from them too.
+
+    The train sampler's seed is saved as well. It is fixed when the runner
+    builds the dataloader, before the checkpoint is read, so only
+    :class:`ExactResumeRunner` (or ``randomness.seed`` in the config) can
+    give a resumed run the interrupted run's sample order; a resume that
+    continues with another sampler seed is reported as a warning.
     """
 
     priority = 'VERY_LOW'
@@ -28,13 +42,31 @@ class RNGStateHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         state = dict(python=random.getstate(), numpy=np.random.get_state(),
-                     torch=torch.get_rng_state())
+                     torch=torch.get_rng_state(),
+                     sampler_seed=_train_sampler_seed(runner))
         if torch.cuda.is_available():
             state['cuda'] = torch.cuda.get_rng_state_all()
         checkpoint[RNG_KEY] = state
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         self._pending = checkpoint.get(RNG_KEY)
+
+    def before_train(self, runner) -> None:
+        # A checkpoint loaded with `load_from` starts at iteration 0: only a
+        # resumed run has to continue the interrupted run's sample order.
+        resumed = runner.iter > 0 or runner.epoch > 0
+        if self._pending is None or not resumed:
+            return
+        saved = self._pending.get('sampler_seed')
+        current = _train_sampler_seed(runner)
+        if saved is not None and saved != current:
+            print_log(
+                f'Resumed with train sampler seed {current}, but the '
+                f'checkpoint was trained with seed {saved}: the sample order '
+                'differs from the interrupted run. Set randomness.seed in '
+                "the config, or runner_type = 'ExactResumeRunner', which "
+                "takes the checkpoint's seed.",
+                logger='current', level=logging.WARNING)
 
     def before_train_iter(self, runner, batch_idx: int,
                           data_batch=None) -> None:
