@@ -1,0 +1,62 @@
+# Grow the three-dataset demo DAMEX (grow_damex_demo_base.py) with the fourth
+# demo dataset, scan, instead of retraining on all four from scratch:
+#   python tools/grow_checkpoint.py configs/demo/grow_damex_demo_base.py \
+#       work_dirs/grow_damex_demo_base/iter_500.pth \
+#       configs/demo/grow_damex_demo_add_scan.py \
+#       work_dirs/grow_damex_demo_base/grown_add_scan.pth
+#   python tools/train.py configs/demo/grow_damex_demo_add_scan.py
+# scan's class gets unified label 10 after the old 10 classes, expert 3 is
+# added to every MoE layer (a copy of the old expert scan's images route to
+# most), the old experts stay frozen, and training replays the old datasets.
+_base_ = './grow_damex_demo_base.py'
+
+data_root = 'data/demo_mixture/'
+dataset_names = ['photo', 'sketch', 'aerial', 'scan']
+dataset_to_expert = dict(photo=0, sketch=1, aerial=2, scan=3)
+load_from = 'work_dirs/grow_damex_demo_base/grown_add_scan.pth'
+
+model = dict(
+    num_experts=4,
+    dataset_to_expert=dataset_to_expert,
+    bbox_head=dict(num_classes=11))  # the old 10 + scan 1
+train_dataloader = dict(
+    # Half of every batch is new data, half replays the old datasets.
+    sampler=dict(mode='ratios',
+                 ratios=dict(photo=1, sketch=1, aerial=1, scan=3)),
+    dataset=dict(datasets=[
+        dict(name=name, data_root=f'{data_root}{name}/',
+             ann_file='annotations/train.json', img_prefix='images/train/')
+        for name in dataset_names
+    ]))
+val_dataloader = dict(dataset=dict(datasets=[
+    dict(name=name, data_root=f'{data_root}{name}/',
+         ann_file='annotations/val.json', img_prefix='images/val/')
+    for name in dataset_names
+]))
+test_dataloader = val_dataloader
+val_evaluator = [
+    dict(type='MixtureCocoMetric'),
+    dict(type='RoutingMetric', dataset_to_expert=dataset_to_expert)
+]
+test_evaluator = val_evaluator
+
+# 150 iterations, 30% of training all four datasets from scratch, at the
+# learning rate the base model ended its schedule with x2.5, then x0.1.
+max_iters = 150
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=20),
+    dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
+         milestones=[int(max_iters * 0.8)], gamma=0.1)
+]
+optim_wrapper = dict(optimizer=dict(lr=1e-4))
+default_hooks = dict(checkpoint=dict(interval=max_iters))
+custom_hooks = [
+    dict(type='MixtureCheckHook'),
+    dict(type='FiniteLossHook'),
+    dict(type='RNGStateHook'),
+    dict(type='StrictLoadHook',
+         hint='Write load_from with tools/grow_checkpoint.py.'),
+    # The old datasets' experts keep their weights bit for bit.
+    dict(type='ExpertLrMultHook', experts=[0, 1, 2], lr_mult=0.0)
+]

@@ -1,0 +1,351 @@
+"""Growing a trained DAMEX with a new dataset: tools/grow_checkpoint.py,
+damex_mmdet/models/grow.py and the hooks that train the grown model."""
+import copy
+import importlib.util
+from contextlib import ExitStack
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from mmdet.registry import DATASETS, MODELS
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.model import bias_init_with_prob
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner
+
+from damex_mmdet.engine.hooks import ExpertLrMultHook
+from damex_mmdet.models import GrowError, MoEFFN, source_experts_from_counts
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TOOL = REPO_ROOT / 'tools' / 'grow_checkpoint.py'
+OLD_NAMES = ['photo', 'sketch', 'aerial', 'scan']
+OLD_CLASSES = 11
+OLD_EXPERTS = 4
+
+
+@pytest.fixture(scope='module')
+def tool():
+    spec = importlib.util.spec_from_file_location('grow_tool', TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def grow_config(base: Path, root: Path, out: Path, new: dict,
+                expert_map: dict, num_experts: int, num_classes: int,
+                label_space=None) -> Path:
+    """Write a config that inherits ``base`` and appends the datasets
+    ``new`` ({name: folder of the tiny mixture it reads}) to both mixtures."""
+    base_cfg = Config.fromfile(str(base))
+    lines = [f"_base_ = '{base}'",
+             f'load_from = {str(out.with_suffix(".pth"))!r}']
+    for loader, split in (('train_dataloader', 'train'),
+                          ('val_dataloader', 'val')):
+        entries = [e.to_dict() for e in base_cfg[loader].dataset.datasets]
+        entries += [dict(name=name, data_root=f'{root}/{folder}/',
+                         ann_file=f'annotations/{split}.json',
+                         img_prefix=f'images/{split}/')
+                    for name, folder in new.items()]
+        lines.append(f'{loader} = dict(dataset=dict(datasets={entries!r}, '
+                     f'label_space={label_space!r}))')
+    lines += ['test_dataloader = val_dataloader',
+              f'model = dict(num_experts={num_experts}, dataset_to_expert='
+              f'{expert_map!r}, bbox_head=dict(num_classes={num_classes}))',
+              "val_evaluator = [dict(type='MixtureCocoMetric'), dict(type="
+              f"'RoutingMetric', dataset_to_expert={expert_map!r})]",
+              'test_evaluator = val_evaluator']
+    out.write_text('\n'.join(lines) + '\n')
+    return out
+
+
+@pytest.fixture(scope='module')
+def grown(tool, tiny_checkpoint, tiny_mixture, tmp_path_factory):
+    """The tiny checkpoint grown with 'xray' (scan's images under another
+    name): (old config, old checkpoint, new config, grown checkpoint,
+    summary)."""
+    old_config, old_ckpt = tiny_checkpoint
+    tmp = tmp_path_factory.mktemp('grow')
+    new_config = grow_config(
+        old_config, tiny_mixture, tmp / 'grown.py', dict(xray='scan'),
+        dict(photo=0, sketch=1, aerial=2, scan=3, xray=4), 5, 12)
+    out = tmp / 'grown.pth'
+    info = tool.grow_checkpoint(str(old_config), str(old_ckpt),
+                                str(new_config), str(out))
+    return old_config, old_ckpt, new_config, out, info
+
+
+def build(config, checkpoint, **model_options):
+    cfg = Config.fromfile(str(config))
+    cfg.model.update(model_options)
+    init_default_scope('mmdet')
+    model = MODELS.build(cfg.model)
+    state = torch.load(checkpoint, map_location='cpu', weights_only=False)
+    model.load_state_dict(state['state_dict'], strict=True)
+    return model.eval(), cfg, state['meta']
+
+
+def old_val_batch(cfg):
+    """Two val images of each old dataset, through the model's preprocessor."""
+    loader = copy.deepcopy(cfg.val_dataloader.dataset)
+    loader.datasets = [e for e in loader.datasets if e.name in OLD_NAMES]
+    dataset = DATASETS.build(loader)
+    starts = [0] + dataset.cumulative_sizes[:-1]
+    return pseudo_collate([dataset[s + i] for s in starts for i in (0, 1)])
+
+
+def head_outputs(model, batch, oracle: bool):
+    """Per-layer class logits and boxes, and every MoE layer's choices."""
+    data = model.data_preprocessor(batch, False)
+    with ExitStack() as stack, torch.no_grad():
+        if oracle:
+            experts = model.experts_of(data['data_samples'], 'cpu')
+            for _, moe in model.named_moe_layers():
+                stack.enter_context(moe.force_experts(experts))
+        scores, boxes = model._forward(data['inputs'], data['data_samples'])
+    choices = [moe.last_expert_indices[..., 0].clone()
+               for _, moe in model.named_moe_layers()]
+    return scores, boxes, choices
+
+
+def test_grown_model_keeps_old_predictions_at_step_zero(grown):
+    """Where the MoE output does not depend on the softmax mass (renormalised
+    top-1 weights), the old part of the grown model is the old model."""
+    old_config, old_ckpt, new_config, out, _ = grown
+    renormalised = dict(moe_cfg=dict(normalize_weights=True))
+    old_model, _, _ = build(old_config, old_ckpt, **renormalised)
+    new_model, new_cfg, _ = build(new_config, out, **renormalised)
+    batch = old_val_batch(new_cfg)
+    for oracle in (False, True):
+        old_scores, old_boxes, old_choices = head_outputs(old_model, batch,
+                                                          oracle)
+        new_scores, new_boxes, new_choices = head_outputs(new_model, batch,
+                                                          oracle)
+        assert new_scores.shape[-1] == OLD_CLASSES + 1
+        assert torch.equal(new_boxes, old_boxes)
+        for old, new in zip(old_choices, new_choices):
+            assert torch.equal(old, new)
+        # The 12-row classification layer runs another BLAS kernel than the
+        # 11-row one: the same logits up to their last bits (2 ulp at 4.6).
+        torch.testing.assert_close(new_scores[..., :OLD_CLASSES], old_scores,
+                                   rtol=0, atol=2e-6)
+
+
+def test_default_weights_keep_first_choices_scaled_by_the_new_share(grown):
+    """With probability weights every token keeps its expert, whose output
+    weight shrinks by the new expert's softmax share, as documented."""
+    old_config, old_ckpt, new_config, out, _ = grown
+    old_model, _, _ = build(old_config, old_ckpt)
+    new_model, _, _ = build(new_config, out)
+    tokens = torch.randn(2, 50, 256, generator=torch.Generator().manual_seed(0))
+    for (_, old), (_, new) in zip(old_model.named_moe_layers(),
+                                  new_model.named_moe_layers()):
+        with torch.no_grad():
+            old_out, new_out = old(tokens), new(tokens)
+        assert torch.equal(new.last_expert_indices, old.last_expert_indices)
+        old_mass = old.last_gate_logits.exp().sum(-1)
+        share = old_mass / (old_mass + old.last_gate_logits.mean(-1).exp())
+        torch.testing.assert_close(new_out - tokens,
+                                   (old_out - tokens) * share[..., None],
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_new_rows_and_experts_start_as_documented(grown):
+    old_config, old_ckpt, new_config, out, info = grown
+    old_model, _, _ = build(old_config, old_ckpt)
+    new_model, _, meta = build(new_config, out)
+    for old, new in zip(old_model.bbox_head.cls_branches,
+                        new_model.bbox_head.cls_branches):
+        assert torch.equal(new.weight[:OLD_CLASSES], old.weight)
+        assert torch.equal(new.weight[OLD_CLASSES:],
+                           torch.zeros_like(new.weight[OLD_CLASSES:]))
+        assert new.bias[OLD_CLASSES].item() == pytest.approx(
+            bias_init_with_prob(0.01))
+    old_embedding = old_model.dn_query_generator.label_embedding.weight
+    new_embedding = new_model.dn_query_generator.label_embedding.weight
+    assert new_embedding.shape == (OLD_CLASSES + 1, old_embedding.shape[1])
+    assert torch.allclose(new_embedding[OLD_CLASSES], old_embedding.mean(0))
+    old_moes = dict(old_model.named_moe_layers())
+    for name, moe in new_model.named_moe_layers():
+        old_moe = old_moes[name]
+        source = info['source_experts'][name][OLD_EXPERTS]
+        assert 0 <= source < OLD_EXPERTS
+        for param in ('expert_w1', 'expert_b1', 'expert_w2', 'expert_b2'):
+            new, old = getattr(moe, param), getattr(old_moe, param)
+            assert torch.equal(new[:OLD_EXPERTS], old)
+            assert torch.equal(new[OLD_EXPERTS], old[source])
+        assert torch.allclose(moe.gate.weight[OLD_EXPERTS],
+                              old_moe.gate.weight.mean(0))
+    classes = meta['dataset_meta']['classes']
+    assert len(classes) == OLD_CLASSES + 1 and classes[-1] == 'xray:lesion'
+    assert list(meta['dataset_meta']['dataset_names']) == OLD_NAMES + ['xray']
+    assert meta['grown'][-1]['new_datasets'] == ['xray']
+    # Each new expert copies the old expert that most xray tokens chose.
+    for layer, counts in info['new_data_routing'].items():
+        xray = counts['xray']
+        assert sum(xray) > 0
+        assert info['source_experts'][layer][OLD_EXPERTS] == xray.index(
+            max(xray))
+
+
+def test_growing_twice_in_a_row(tool, grown, tiny_mixture, tmp_path):
+    _, _, first_config, first_ckpt, _ = grown
+    second_config = grow_config(
+        first_config, tiny_mixture, tmp_path / 'twice.py', dict(ink='sketch'),
+        dict(photo=0, sketch=1, aerial=2, scan=3, xray=4, ink=5), 6, 16)
+    out = tmp_path / 'twice.pth'
+    tool.main([str(first_config), str(first_ckpt), str(second_config),
+               str(out), '--source-expert', '1'])
+    model, _, meta = build(second_config, out)
+    assert model.num_experts == 6
+    assert model.bbox_head.num_classes == 16
+    classes = meta['dataset_meta']['classes']
+    assert classes[11] == 'xray:lesion' and list(classes[12:]) == [
+        'ink:person', 'ink:car', 'ink:house', 'ink:tree']
+    assert [g['new_datasets'] for g in meta['grown']] == [['xray'], ['ink']]
+    first, _, _ = build(first_config, first_ckpt)
+    for (_, moe), (_, old) in zip(model.named_moe_layers(),
+                                  first.named_moe_layers()):
+        assert torch.equal(moe.expert_w1[:5], old.expert_w1)
+        assert torch.equal(moe.expert_w1[5], old.expert_w1[1])
+
+
+def test_dataset_name_that_exists_stops(tool, tiny_checkpoint, tiny_mixture,
+                                        tmp_path):
+    old_config, old_ckpt = tiny_checkpoint
+    new_config = grow_config(
+        old_config, tiny_mixture, tmp_path / 'again.py', dict(photo='scan'),
+        dict(photo=0, sketch=1, aerial=2, scan=3), 5, 12)
+    with pytest.raises(SystemExit, match="lists dataset 'photo' twice.*"
+                       'already has a dataset of that name'):
+        tool.main([str(old_config), str(old_ckpt), str(new_config),
+                   str(tmp_path / 'out.pth')])
+    assert not (tmp_path / 'out.pth').exists()
+
+
+@pytest.mark.parametrize('case', ['merged_rename', 'new_first', 'duplicates'])
+def test_class_list_that_clashes_stops(tool, tiny_checkpoint, tiny_mixture,
+                                       tmp_path, case):
+    old_config, old_ckpt = tiny_checkpoint
+    new_config = grow_config(
+        old_config, tiny_mixture, tmp_path / 'clash.py', dict(pets='sketch'),
+        dict(photo=0, sketch=1, aerial=2, scan=3, pets=4), 5, 15)
+    cfg = Config.fromfile(str(new_config))
+    datasets = cfg.train_dataloader.dataset.datasets
+    if case == 'merged_rename':
+        # photo's 'person' is 'photo:person' in the trained model; merging a
+        # new 'person' into it would rename an old class.
+        cfg.train_dataloader.dataset.label_space = dict(
+            merge_by_name=['photo', 'pets'])
+        message = "changes old class 0 from 'photo:person' to 'person'"
+    elif case == 'new_first':
+        datasets.insert(0, datasets.pop())
+        message = "changes old class 0 from 'photo:person' to 'pets:person'"
+    else:
+        datasets[-1].classes = ['person', 'car', 'person']
+        message = ("the new training mixture: dataset 'pets' .*classes are "
+                   "listed as \\['person', 'car', 'person'\\]")
+    cfg.dump(str(new_config))
+    with pytest.raises(SystemExit, match=message):
+        tool.main([str(old_config), str(old_ckpt), str(new_config),
+                   str(tmp_path / 'out.pth')])
+
+
+def test_expert_index_out_of_range_stops(tool, tiny_checkpoint, tiny_mixture,
+                                         tmp_path):
+    old_config, old_ckpt = tiny_checkpoint
+    new_config = grow_config(
+        old_config, tiny_mixture, tmp_path / 'range.py', dict(xray='scan'),
+        dict(photo=0, sketch=1, aerial=2, scan=3, xray=5), 5, 12)
+    with pytest.raises(SystemExit, match="maps dataset 'xray' to expert 5, "
+                       'out of range for num_experts=5'):
+        tool.main([str(old_config), str(old_ckpt), str(new_config),
+                   str(tmp_path / 'out.pth')])
+    in_range = grow_config(
+        old_config, tiny_mixture, tmp_path / 'ok.py', dict(xray='scan'),
+        dict(photo=0, sketch=1, aerial=2, scan=3, xray=4), 5, 12)
+    with pytest.raises(SystemExit, match='--source-expert 4 is out of range'
+                       ': the trained model has experts 0..3'):
+        tool.main([str(old_config), str(old_ckpt), str(in_range),
+                   str(tmp_path / 'out.pth'), '--source-expert', '4'])
+
+
+def test_source_expert_is_where_most_tokens_go():
+    counts = {'dec0': dict(a=[1, 5, 0], b=[3, 0, 0]),
+              'dec1': dict(a=[0, 0, 7], b=[3, 0, 0])}
+    assert source_experts_from_counts(counts, {3: ['a', 'b']}) == {
+        'dec0': {3: 1}, 'dec1': {3: 2}}
+    with pytest.raises(GrowError, match="no token of the datasets \\['c'\\]"):
+        source_experts_from_counts(counts, {3: ['c']})
+
+
+def train_grown(new_config, out, work_dir, hooks, iters=2):
+    cfg = Config.fromfile(str(new_config))
+    cfg.work_dir = str(work_dir)
+    cfg.load_from = str(out)
+    cfg.randomness = dict(seed=0)
+    cfg.train_cfg.update(max_iters=iters, val_interval=iters)
+    cfg.update(val_cfg=None, val_dataloader=None, val_evaluator=None)
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook',
+                                        by_epoch=False, interval=iters)
+    cfg.custom_hooks = hooks
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner.model
+
+
+def test_frozen_experts_stay_bit_identical_under_adamw(grown, tmp_path):
+    _, _, new_config, out, _ = grown
+    start, _, _ = build(new_config, out)
+    trained = train_grown(new_config, out, tmp_path, [
+        dict(type='ExpertLrMultHook', experts=[0, 1, 2, 3], lr_mult=0.)])
+    assert Config.fromfile(str(new_config)).optim_wrapper.optimizer.type \
+        == 'AdamW'
+    for (name, moe), (_, before) in zip(trained.named_moe_layers(),
+                                        start.named_moe_layers()):
+        for param in ('expert_w1', 'expert_b1', 'expert_w2', 'expert_b2'):
+            now, was = getattr(moe, param), getattr(before, param)
+            assert torch.equal(now[:OLD_EXPERTS], was[:OLD_EXPERTS]), name
+            assert not torch.equal(now[OLD_EXPERTS], was[OLD_EXPERTS])
+        assert not torch.equal(moe.gate.weight, before.gate.weight)
+
+
+def test_lr_mult_is_a_smaller_adamw_step():
+    """lr_mult=m moves the chosen experts exactly as AdamW with lr*m does."""
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict(dict(
+        ffn=MoEFFN(embed_dims=8, feedforward_channels=16, num_experts=3)))
+    weights = model.ffn.expert_w1
+    hook = ExpertLrMultHook(experts=[1], lr_mult=0.25)
+    runner = SimpleNamespace(model=model)
+    hook.before_train(runner)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2,
+                                  weight_decay=0.5)
+    # The slice alone, under AdamW at the lower rate, fed the same gradients.
+    start = weights[1].detach().clone()
+    expected = start.clone().requires_grad_()
+    reference = torch.optim.AdamW([expected], lr=0.25e-2, weight_decay=0.5)
+    for step in range(3):
+        hook.before_train_iter(runner, step)
+        optimizer.zero_grad()
+        model.ffn(torch.randn(40, 8)).square().sum().backward()
+        expected.grad = weights.grad[1].clone()
+        optimizer.step()
+        hook.after_train_iter(runner, step)
+        reference.step()
+        assert torch.allclose(weights[1], expected, rtol=0, atol=1e-7)
+    assert not torch.allclose(weights[1], start)
+    with pytest.raises(ValueError, match='has \\[3\\], but ffn has 3 '
+                       'experts'):
+        ExpertLrMultHook(experts=[3]).expert_parameters(model)
+
+
+def test_load_from_the_ungrown_checkpoint_stops(grown, tmp_path):
+    _, old_ckpt, new_config, _, _ = grown
+    with pytest.raises(ValueError, match='does not fit the model: bbox_head'
+                       '.cls_branches.0.weight has shape \\(11, 256\\), the '
+                       'model needs \\(12, 256\\).*tools/grow_checkpoint.py'):
+        train_grown(new_config, old_ckpt, tmp_path, [dict(
+            type='StrictLoadHook',
+            hint='Write load_from with tools/grow_checkpoint.py.')])

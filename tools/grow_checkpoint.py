@@ -1,0 +1,254 @@
+"""Grow a trained DAMEX checkpoint for a config that adds datasets.
+
+The new config inherits the trained model's config, appends the new datasets
+to the training mixture, raises ``model.num_experts`` and
+``bbox_head.num_classes``, maps the new datasets in ``dataset_to_expert`` and
+sets ``load_from`` to this tool's output (see configs/demo/grow_*.py):
+
+    python tools/grow_checkpoint.py OLD_CONFIG OLD_CKPT NEW_CONFIG OUT
+
+Old classes keep their indices and names; the classification branches and
+the denoising label embedding gain rows for the new classes; each new expert
+starts as a copy of the old expert that the new data's images (the new
+config's val_dataloader, at most --max-images of them) route to most in
+that layer, measured with the old model (or of --source-expert); see
+damex_mmdet/models/grow.py for every initialisation. Every check runs before
+anything is written, so a config that cannot grow stops here, not in
+training. OUT's meta carries the new class names and the growth history.
+"""
+import argparse
+import copy
+import os
+import os.path as osp
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.dataset import pseudo_collate
+from mmengine.registry import init_default_scope
+
+from damex_mmdet.datasets.label_space import UnifiedLabelSpace
+from damex_mmdet.models import (DAMEX, GrowError, check_grown_expert_map,
+                                check_grown_label_space,
+                                check_new_dataset_names, grow_state_dict,
+                                grown_meta, source_experts_from_counts)
+from damex_mmdet.visualization import RoutingStatistics
+from mmdet.registry import DATASETS, MODELS
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('old_config', help='config of the trained model')
+    parser.add_argument('old_checkpoint', help='its trained weights')
+    parser.add_argument('new_config', help='the config that adds datasets')
+    parser.add_argument('out', help='where to write the grown checkpoint')
+    parser.add_argument('--source-expert', type=int, default=None,
+                        help='start every new expert from this old expert '
+                        'instead of measuring where the new data routes')
+    parser.add_argument('--max-images', type=int, default=50,
+                        help='new-data images for the routing measurement '
+                        '(default: %(default)s)')
+    parser.add_argument('--device', default=None,
+                        help='torch device of the measurement (default: cuda '
+                        'when available, else cpu)')
+    parser.add_argument('--force', action='store_true',
+                        help='overwrite OUT if it exists')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings of the new config')
+    return parser.parse_args(argv)
+
+
+def _build_damex(cfg: Config, which: str) -> DAMEX:
+    # DINO writes into the config it is built from; keep ``cfg`` reusable.
+    model = MODELS.build(copy.deepcopy(cfg.model))
+    if not isinstance(model, DAMEX):
+        raise GrowError(f'the {which} config builds a '
+                        f'{type(model).__name__}, not a DAMEX model: only '
+                        f'DAMEX models grow.')
+    return model
+
+
+def _mixture_names(cfg: Config, loader: str):
+    dataset = cfg.get(loader, {}).get('dataset', {})
+    if 'datasets' not in dataset:
+        raise GrowError(f'the new config\'s {loader}.dataset is not a '
+                        f'DatasetMixture: list the datasets there.')
+    return [entry.get('name') for entry in dataset.datasets]
+
+
+def _old_label_space(meta: dict, old_cfg: Config) -> UnifiedLabelSpace:
+    stored = (meta.get('dataset_meta') or {}).get('label_space')
+    if stored is not None:
+        return UnifiedLabelSpace.from_dict(stored)
+    dataset = DATASETS.build(old_cfg.train_dataloader.dataset)
+    return UnifiedLabelSpace.from_dict(dataset.metainfo['label_space'])
+
+
+@torch.no_grad()
+def measure_source_experts(old_model: DAMEX, new_cfg: Config,
+                           added: Dict[int, List[str]], max_images: int,
+                           device: Optional[str]) -> Tuple[dict, dict]:
+    """Route the new datasets' val images through the old model.
+
+    Returns:
+        tuple: ``{layer: {added expert: old expert}}`` (see
+        :func:`source_experts_from_counts`) and the counts it is chosen from,
+        ``{layer: {new dataset: [E_old]}}``.
+
+    Up to ``max_images`` images, shared evenly by the new datasets, run
+    through the old model in tensor mode (no prediction, whose checks expect
+    the model's own mixture); each MoE layer counts every token's first
+    choice, as :class:`~damex_mmdet.visualization.RoutingStatistics` does.
+    """
+    new_names = [n for names in added.values() for n in names]
+    val_names = _mixture_names(new_cfg, 'val_dataloader')
+    lacking = [n for n in new_names if n not in val_names]
+    if lacking:
+        raise GrowError(
+            f'the new config\'s val_dataloader has no images of {lacking} to '
+            f'measure which old expert they route to: add them to the val '
+            f'mixture or pass --source-expert.')
+    loader_cfg = new_cfg.val_dataloader
+    dataset_cfg = copy.deepcopy(loader_cfg.dataset)
+    dataset_cfg.datasets = [e for e in dataset_cfg.datasets
+                            if e.name in new_names]
+    dataset_cfg.pop('label_space', None)
+    dataset = DATASETS.build(dataset_cfg)
+    starts = [0] + list(dataset.cumulative_sizes[:-1])
+    sizes = [end - start for start, end in zip(starts,
+                                                dataset.cumulative_sizes)]
+    per_dataset = max(1, max_images // len(sizes))
+    indices = [start + i for start, size in zip(starts, sizes)
+               for i in range(min(size, per_dataset))]
+    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    model = old_model.to(device).eval()
+    statistics = RoutingStatistics(new_names)
+    batch_size = loader_cfg.get('batch_size', 1)
+    for first in range(0, len(indices), batch_size):
+        batch = pseudo_collate(
+            [dataset[i] for i in indices[first:first + batch_size]])
+        data = model.data_preprocessor(batch, False)
+        model(data['inputs'], data['data_samples'], mode='tensor')
+        counts, layers = model.routing_counts(data['data_samples'])
+        statistics.update([
+            dict(dataset=s.metainfo['dataset'], routing_counts=c,
+                 moe_layers=layers)
+            for s, c in zip(data['data_samples'], counts)])
+    counts = {layer: dict(zip(statistics.dataset_names,
+                              statistics.counts[i].tolist()))
+              for i, layer in enumerate(statistics.layer_names)}
+    return source_experts_from_counts(counts, added), counts
+
+
+def grow_checkpoint(old_config: str, old_checkpoint: str, new_config: str,
+                    out: str, source_expert: Optional[int] = None,
+                    max_images: int = 50, device: Optional[str] = None,
+                    cfg_options: Optional[dict] = None) -> dict:
+    """Write the grown checkpoint; returns a summary of what grew.
+
+    Raises:
+        GrowError: Whatever stops the new config from growing the model.
+    """
+    old_cfg = Config.fromfile(old_config)
+    new_cfg = Config.fromfile(new_config)
+    if cfg_options:
+        new_cfg.merge_from_dict(cfg_options)
+    init_default_scope(new_cfg.get('default_scope', 'mmdet'))
+    checkpoint = torch.load(old_checkpoint, map_location='cpu',
+                            weights_only=False)
+    old_state = checkpoint.get('state_dict', checkpoint)
+    meta = checkpoint.get('meta') or {}
+
+    old_model = _build_damex(old_cfg, 'old')
+    try:
+        old_model.load_state_dict(old_state, strict=True)
+    except RuntimeError as error:
+        raise GrowError(f'{old_checkpoint} does not fit the model of '
+                        f'{old_config}: pass the config it was trained with.'
+                        f'\n{error}') from error
+    old_space = _old_label_space(meta, old_cfg)
+    new_datasets = check_new_dataset_names(
+        old_space.dataset_names, _mixture_names(new_cfg, 'train_dataloader'))
+    new_model_cfg = new_cfg.model
+    added = check_grown_expert_map(
+        old_model.dataset_to_expert, old_model.num_experts,
+        dict(new_model_cfg.get('dataset_to_expert') or {}),
+        new_model_cfg.get('num_experts', old_model.num_experts),
+        new_datasets)
+    if source_expert is not None and not (
+            0 <= source_expert < old_model.num_experts):
+        raise GrowError(
+            f'--source-expert {source_expert} is out of range: the trained '
+            f'model has experts 0..{old_model.num_experts - 1}.')
+
+    try:
+        new_mixture = DATASETS.build(new_cfg.train_dataloader.dataset)
+    except ValueError as error:
+        raise GrowError(f'the new training mixture: {error}') from error
+    new_space = UnifiedLabelSpace.from_dict(new_mixture.metainfo['label_space'])
+    check_grown_label_space(old_space, new_space)
+    new_space.check_num_classes(
+        new_model_cfg.bbox_head.get('num_classes'),
+        'model.bbox_head.num_classes of the new config')
+    new_model = _build_damex(new_cfg, 'new')
+
+    layers = [name for name, _ in new_model.named_moe_layers()]
+    counts = None
+    if not added:
+        sources = {}
+    elif source_expert is not None:
+        sources = {layer: {e: source_expert for e in added}
+                   for layer in layers}
+    else:
+        sources, counts = measure_source_experts(old_model, new_cfg, added,
+                                                 max_images, device)
+    state = grow_state_dict(old_state, new_model, old_space.num_classes,
+                            sources)
+    new_model.load_state_dict(state, strict=True)
+
+    info = dict(
+        from_checkpoint=osp.abspath(old_checkpoint),
+        new_datasets=list(new_datasets),
+        num_classes=[old_space.num_classes, new_space.num_classes],
+        num_experts=[old_model.num_experts, new_model.num_experts],
+        dataset_to_expert=dict(new_model.dataset_to_expert),
+        source_experts=sources,
+        new_data_routing=counts)
+    # Write next to the target and rename, so an interrupted run never
+    # leaves a truncated checkpoint behind.
+    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+    tmp_path = f'{out}.tmp'
+    torch.save(dict(state_dict=state,
+                    meta=grown_meta(meta, new_mixture.metainfo, info)),
+               tmp_path)
+    os.replace(tmp_path, out)
+    return info
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if osp.exists(args.out) and not args.force:
+        raise SystemExit(f'{args.out} exists; pass --force to overwrite it.')
+    try:
+        info = grow_checkpoint(args.old_config, args.old_checkpoint,
+                               args.new_config, args.out, args.source_expert,
+                               args.max_images, args.device,
+                               args.cfg_options)
+    except GrowError as error:
+        raise SystemExit(f'error: {error}')
+    (old_c, new_c), (old_e, new_e) = info['num_classes'], info['num_experts']
+    print(f'wrote {args.out}: datasets {info["new_datasets"]} added, '
+          f'classes {old_c} -> {new_c}, experts {old_e} -> {new_e}')
+    for layer, sources in info['source_experts'].items():
+        print(f'  {layer}: ' + ', '.join(
+            f'expert {new} from expert {old}' for new, old in sources.items()))
+    new_cfg = Config.fromfile(args.new_config)
+    if new_cfg.get('load_from') != args.out:
+        print(f'set load_from = {args.out!r} in {args.new_config} (it has '
+              f'{new_cfg.get("load_from")!r}), then train it.')
+
+
+if __name__ == '__main__':
+    main()
