@@ -262,3 +262,60 @@ def test_encoder_moe_skips_padded_feature_positions(model_cfg):
     assert counted[0].all()
     # The second image fills the top half of the batch shape.
     assert 0.4 < counted[1].float().mean() < 0.6
+
+
+def test_matched_queries_are_the_last_layer_hungarian_matches(model_cfg):
+    from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
+    model = build(model_cfg, routing_loss_queries='matched')
+    inputs, samples = make_batch(['photo', 'sketch'])
+    samples[1].gt_instances = InstanceData(
+        bboxes=torch.tensor([[4., 4., 20., 20.], [30., 30., 60., 60.],
+                             [10., 40., 30., 60.]]),
+        labels=torch.tensor([0, 1, 2]))
+    head_outputs, loss_inputs = [], []
+    model.bbox_head.register_forward_hook(
+        lambda module, args, out: head_outputs.append(out))
+    model.routing_loss.register_forward_hook(
+        lambda module, args, out: loss_inputs.append(args))
+    losses = model.loss(inputs, samples)
+    cls_scores, bbox_preds = head_outputs[0]  # the head's own loss pass
+    logits, targets, masks = loss_inputs[0]
+    num_denoising = cls_scores.shape[2] - model.num_queries
+    for b, sample in enumerate(samples):
+        # mmdet's Hungarian assigner on the last layer's matching queries.
+        height, width = sample.img_shape
+        scale = torch.tensor([width, height, width, height])
+        predictions = InstanceData(
+            scores=cls_scores[-1, b, num_denoising:],
+            bboxes=bbox_cxcywh_to_xyxy(bbox_preds[-1, b, num_denoising:]) * scale)
+        assigned = model.bbox_head.assigner.assign(
+            predictions, sample.gt_instances, sample.metainfo)
+        expected = torch.zeros(masks[0].shape[1], dtype=torch.bool)
+        expected[num_denoising:] = assigned.gt_inds > 0
+        assert int(expected.sum()) == len(sample.gt_instances)
+        for mask in masks:  # every MoE layer, in the tokens' (batch, query) layout
+            assert torch.equal(mask[b], expected)
+    expected_loss = torch.stack([
+        F.cross_entropy(layer[mask], target[mask])
+        for layer, target, mask in zip(logits, targets, masks)]).mean()
+    torch.testing.assert_close(losses['loss_route'], 0.1 * expected_loss)
+
+
+def test_reference_vanilla_moe_loss_on_matched_queries(model_cfg):
+    model = build(model_cfg, dataset_to_expert=None,
+                  routing_loss=dict(type='LoadImportanceLoss'),
+                  routing_loss_queries='matched',
+                  moe_cfg=dict(gate_noise_std=0.25))
+    inputs, samples = make_batch([None, None])
+    losses = model.loss(inputs, samples)
+    assert torch.isfinite(losses['loss_balance']) and 'loss_route' not in losses
+    losses['loss_balance'].backward()
+    for _, moe in model.named_moe_layers():
+        assert moe.gate.weight.grad.abs().sum() > 0
+
+    without_noise = build(model_cfg, dataset_to_expert=None,
+                          routing_loss=dict(type='LoadImportanceLoss'))
+    with pytest.raises(ValueError, match='gate_noise_std > 0'):
+        without_noise.loss(inputs, samples)
+    with pytest.raises(ValueError, match="'all', 'matched'"):
+        build(model_cfg, routing_loss_queries='foreground')

@@ -1,11 +1,12 @@
-"""DAMEXLoss and LoadBalancingLoss against values worked out by hand."""
+"""The routing losses against values worked out by hand."""
 import math
 
 import pytest
 import torch
 from mmdet.registry import MODELS
+from mmengine.logging import MessageHub
 
-from damex_mmdet.models.losses import DAMEXLoss, LoadBalancingLoss
+from damex_mmdet.models.losses import DAMEXLoss, LoadBalancingLoss, LoadImportanceLoss
 
 LOG2, LOG3 = math.log(2), math.log(3)
 
@@ -18,6 +19,8 @@ def logits(rows):
 def test_registered():
     assert isinstance(MODELS.build(dict(type='DAMEXLoss')), DAMEXLoss)
     assert MODELS.build(dict(type='LoadBalancingLoss', loss_weight=0.5)).loss_weight == 0.5
+    loss = MODELS.build(dict(type='LoadImportanceLoss'))
+    assert isinstance(loss, LoadImportanceLoss) and loss.loss_weight == 0.1 and loss.per_image
 
 
 def test_damex_loss_hand_computed():
@@ -101,3 +104,128 @@ def test_load_balancing_loss_checks_and_empty_mask():
     loss = LoadBalancingLoss()([layer], torch.tensor([[[0]]]), [torch.tensor([[False]])])
     assert loss.item() == 0
     loss.backward()
+
+
+def cv_squared(values):
+    """Unbiased variance over squared mean, as tutel."""
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values) / (len(values) - 1) / mean ** 2
+
+
+def phi(x):
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+def test_load_importance_loss_hand_computed():
+    # One image, two tokens, E = 2. Token a: logits (0, 0), p = (1/2, 1/2), sent to expert 0,
+    # whose clean logit 0 is the threshold. Token b: logits (log 3, 0), p = (3/4, 1/4),
+    # sent to expert 0, threshold log 3.
+    layer = logits([[0., 0.], [LOG3, 0.]])
+    indices = torch.tensor([[[0], [0]]])
+    sigma = 0.5
+    importance = [1 / 2 + 3 / 4, 1 / 2 + 1 / 4]
+    load = [phi((1 / 2 - 0) / sigma) + phi((3 / 4 - LOG3) / sigma),
+            phi((1 / 2 - 0) / sigma) + phi((1 / 4 - LOG3) / sigma)]
+    expected = 0.1 * (cv_squared(importance) + cv_squared(load)) / 2
+    loss = LoadImportanceLoss(loss_weight=0.1)([layer], indices, sigma)
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+    loss.backward()
+    assert layer.grad.abs().sum() > 0
+
+
+def test_load_importance_loss_top_k_threshold_is_the_kth_choice():
+    # E = 3, k = 2: the threshold is the clean logit of the second chosen expert (2 -> 0.).
+    layer = logits([[1., -1., 0.]])
+    probs = torch.tensor([1., -1., 0.], dtype=torch.double).softmax(-1).tolist()
+    loss = LoadImportanceLoss(loss_weight=1.)([layer], torch.tensor([[[0, 2]]]), 1.)
+    load = [phi(p - 0.) for p in probs]
+    assert loss.item() == pytest.approx((cv_squared(probs) + cv_squared(load)) / 2, rel=1e-9)
+
+
+def test_load_importance_loss_counts_masked_tokens_per_image():
+    # Image 0 counts tokens 0 and 1 only, image 1 token 1 only; each image is its own group
+    # and the layer's loss is the mean over the two images (per_image, the reference).
+    rows = [[[0., 0.], [LOG3, 0.], [9., -9.]], [[5., 5.], [0., LOG2], [0., 0.]]]
+    layer = torch.tensor(rows, dtype=torch.double, requires_grad=True)
+    indices = torch.tensor([[[0], [0], [0]], [[0], [1], [0]]])
+    mask = torch.tensor([[True, True, False], [False, True, False]])
+    single = LoadImportanceLoss(loss_weight=1.)
+
+    def alone(image, tokens):
+        return single([layer[image, tokens][None]], indices[image, tokens][None], 0.3).item()
+
+    per_image = single([layer], indices, 0.3, [mask]).item()
+    assert per_image == pytest.approx((alone(0, [0, 1]) + alone(1, [1])) / 2, rel=1e-12)
+    # per_image=False pools the three counted tokens of both images into one group.
+    pooled = LoadImportanceLoss(loss_weight=1., per_image=False)([layer], indices, 0.3, [mask])
+    flat = layer[mask][None]
+    assert pooled.item() == pytest.approx(
+        single([flat], indices[mask][None], 0.3).item(), rel=1e-12)
+    assert pooled.item() != pytest.approx(per_image)
+    # Uncounted tokens get no gradient.
+    LoadImportanceLoss()([layer], indices, 0.3, [mask]).backward()
+    assert torch.equal(layer.grad[0, 2], torch.zeros(2, dtype=torch.double))
+    assert torch.equal(layer.grad[1, 0], torch.zeros(2, dtype=torch.double))
+
+
+def test_load_importance_loss_needs_gate_noise_and_matching_layers():
+    layer = logits([[0., 0.]])
+    with pytest.raises(ValueError, match='gate_noise_std > 0'):
+        LoadImportanceLoss()([layer], torch.tensor([[[0]]]), 0.)
+    with pytest.raises(ValueError, match='2 entries for 1 MoE layers'):
+        LoadImportanceLoss()([layer], torch.tensor([[[0]]]), [0.1, 0.1])
+    loss = LoadImportanceLoss()([layer], torch.tensor([[[0]]]), 0.1, [torch.tensor([[False]])])
+    assert loss.item() == 0
+    loss.backward()
+
+
+@pytest.fixture
+def training_iteration():
+    hub = MessageHub.get_current_instance()
+    saved = {key: hub.get_info(key) for key in ('iter', 'max_iters')}
+
+    def at(step, max_iters=100):
+        hub.update_info('iter', step)
+        hub.update_info('max_iters', max_iters)
+
+    yield at
+    for key, value in saved.items():
+        hub.update_info(key, value)
+
+
+@pytest.mark.parametrize('decay, factors', [
+    ('cosine', {0: 1., 50: 0.2 + 0.8 * 0.5, 100: 0.2, 150: 0.2}),
+    ('linear', {0: 1., 25: 0.2 + 0.8 * 0.75, 100: 0.2, 150: 0.2}),
+])
+def test_weight_schedule_decays_to_its_floor(training_iteration, decay, factors):
+    layer = logits([[0., 0.], [LOG3, 0.]])
+    targets = torch.tensor([[0, 0]])
+    constant = DAMEXLoss(loss_weight=1.)([layer], targets).item()
+    loss = DAMEXLoss(loss_weight=0.5, weight_schedule=dict(decay=decay, min_factor=0.2))
+    for step, factor in factors.items():
+        training_iteration(step)
+        assert loss([layer], targets).item() == pytest.approx(0.5 * factor * constant,
+                                                              rel=1e-12)
+    # `end` overrides the run's max_iters.
+    short = DAMEXLoss(loss_weight=0.5,
+                      weight_schedule=dict(decay=decay, min_factor=0.2, end=50))
+    training_iteration(50)
+    assert short.current_weight() == pytest.approx(0.1)
+    balance = LoadImportanceLoss(loss_weight=0.1, weight_schedule=dict(decay=decay))
+    training_iteration(100)
+    assert balance.current_weight() == pytest.approx(0.01)
+
+
+def test_weight_schedule_checks(training_iteration):
+    with pytest.raises(ValueError, match="'cosine', 'linear'"):
+        DAMEXLoss(weight_schedule=dict(decay='step'))
+    with pytest.raises(ValueError, match='unknown keys'):
+        LoadBalancingLoss(weight_schedule=dict(decay='linear', floor=0.1))
+    with pytest.raises(ValueError, match='min_factor'):
+        DAMEXLoss(weight_schedule=dict(decay='linear', min_factor=2))
+    loss = DAMEXLoss(weight_schedule=dict(decay='linear'))
+    hub = MessageHub.get_current_instance()
+    training_iteration(3)
+    hub.update_info('max_iters', None)
+    with pytest.raises(RuntimeError, match="MessageHub"):
+        loss.current_weight()

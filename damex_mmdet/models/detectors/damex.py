@@ -12,7 +12,9 @@ from torch import Tensor
 from ...datasets.mixture import DATASET_NAME_KEY
 from ..layers import (MoEDeformableDetrTransformerEncoder, MoEDinoTransformerDecoder,
                       MoEFFN)
-from ..losses import DAMEXLoss, LoadBalancingLoss
+from ..losses import DAMEXLoss, LoadBalancingLoss, LoadImportanceLoss
+
+ROUTING_LOSS_QUERIES = ('all', 'matched')
 
 
 @MODELS.register_module()
@@ -37,13 +39,22 @@ class DAMEX(DINO):
             placement, decoder layers 0, 2 and 4.
         moe_cfg (dict, optional): Further :class:`MoEFFN` arguments
             (``top_k``, ``gate_noise_std``, ``capacity_factor``, ...).
-        routing_loss (dict): :class:`DAMEXLoss` or :class:`LoadBalancingLoss`.
+        routing_loss (dict): :class:`DAMEXLoss`, :class:`LoadBalancingLoss`
+            or :class:`LoadImportanceLoss` (the reference's vanilla MoE).
         dataset_to_expert (dict, optional): Dataset name to expert index;
             several datasets may share an expert. Required by DAMEXLoss and
             by ``test_routing='dataset'``.
         exclude_denoising_from_routing_loss (bool): Leave DINO's denoising
             queries out of the routing loss. Defaults to False: they belong to
             the image like every other query.
+        routing_loss_queries (str): Which decoder queries the routing loss
+            counts: ``'all'`` (default) or ``'matched'``, the matching queries
+            that the head's Hungarian assigner pairs with a ground-truth box
+            on the last decoder layer's predictions (the reference's
+            "foreground" queries, one mask for every MoE layer). With
+            ``'matched'`` denoising queries never count, as in the reference:
+            they exist only in training and reconstruct boxes given to them.
+            Encoder MoE layers have no queries and count all their tokens.
         test_routing (str): ``'gate'`` (default, dataset unknown at test
             time) or ``'dataset'`` (oracle: each image uses its dataset's
             expert).
@@ -59,8 +70,13 @@ class DAMEX(DINO):
                      type='DAMEXLoss', loss_weight=0.1),
                  dataset_to_expert: Optional[Mapping[str, int]] = None,
                  exclude_denoising_from_routing_loss: bool = False,
+                 routing_loss_queries: str = 'all',
                  test_routing: str = 'gate',
                  **kwargs) -> None:
+        if routing_loss_queries not in ROUTING_LOSS_QUERIES:
+            raise ValueError(
+                f'model.routing_loss_queries must be one of '
+                f'{ROUTING_LOSS_QUERIES}, got {routing_loss_queries!r}.')
         unknown_parts = set(moe_layers) - {'encoder', 'decoder'}
         if unknown_parts:
             raise ValueError(
@@ -78,6 +94,7 @@ class DAMEX(DINO):
             dataset_to_expert, num_experts)
         self.exclude_denoising_from_routing_loss = (
             exclude_denoising_from_routing_loss)
+        self.routing_loss_queries = routing_loss_queries
         self.test_routing = test_routing
         super().__init__(*args, **kwargs)
         self.routing_loss = MODELS.build(routing_loss)
@@ -92,6 +109,7 @@ class DAMEX(DINO):
                 'model.moe_layers names no layer: DAMEX needs at least one '
                 'MoE layer (use type="DINO" for the dense baseline).')
         self._encoder_padding_mask: Optional[Tensor] = None
+        self._head_inputs: Optional[Dict] = None
 
     @staticmethod
     def _checked_expert_map(dataset_to_expert: Optional[Mapping[str, int]],
@@ -173,6 +191,41 @@ class DAMEX(DINO):
         self._encoder_padding_mask = feat_mask
         return super().forward_encoder(feat=feat, feat_mask=feat_mask, **kwargs)
 
+    def forward_transformer(self, img_feats: Tuple[Tensor],
+                            batch_data_samples: SampleList = None) -> Dict:
+        # The matched-query mask needs the decoder outputs the head gets.
+        head_inputs = super().forward_transformer(img_feats,
+                                                  batch_data_samples)
+        if self.training and self.routing_loss_queries == 'matched':
+            self._head_inputs = head_inputs
+        return head_inputs
+
+    @torch.no_grad()
+    def _matched_queries(self, batch_data_samples: SampleList) -> Tensor:
+        """Mask of the queries matched to a ground-truth box.
+
+        The head's own assigner (``get_targets``) matches the last decoder
+        layer's predictions of the matching queries, as its loss does.
+
+        Returns:
+            Tensor: Bool, (batch, num_denoising + num_queries), the decoder
+            tokens' layout; denoising queries are False.
+        """
+        head_inputs, self._head_inputs = self._head_inputs, None
+        cls_scores, bbox_preds = self.bbox_head(head_inputs['hidden_states'],
+                                                head_inputs['references'])
+        dn_meta = head_inputs['dn_meta']
+        matching_scores, matching_boxes = self.bbox_head.split_outputs(
+            cls_scores, bbox_preds, dn_meta)[:2]
+        labels = self.bbox_head.get_targets(
+            list(matching_scores[-1]), list(matching_boxes[-1]),
+            [sample.gt_instances for sample in batch_data_samples],
+            [sample.metainfo for sample in batch_data_samples])[0]
+        matched = torch.stack(labels) != self.bbox_head.num_classes
+        denoising = matched.new_zeros(
+            len(batch_data_samples), dn_meta['num_denoising_queries'])
+        return torch.cat([denoising, matched], dim=1)
+
     def _counted_tokens(self, name: str, moe: MoEFFN,
                         batch_data_samples: SampleList) -> Tensor:
         """Mask of the tokens routing losses and statistics count.
@@ -217,17 +270,25 @@ class DAMEX(DINO):
         logits = [moe.last_gate_logits for _, moe in moe_layers]
         masks = [self._counted_tokens(name, moe, batch_data_samples)
                  for name, moe in moe_layers]
+        if self.routing_loss_queries == 'matched':
+            matched = self._matched_queries(batch_data_samples)
+            masks = [mask & matched if name.startswith('decoder.') else mask
+                     for (name, _), mask in zip(moe_layers, masks)]
+        indices = [moe.last_expert_indices for _, moe in moe_layers]
         if isinstance(self.routing_loss, DAMEXLoss):
             # One target per token, in the tokens' own (batch, token) layout.
             targets = [experts[:, None].expand(mask.shape) for mask in masks]
             losses['loss_route'] = self.routing_loss(logits, targets, masks)
         elif isinstance(self.routing_loss, LoadBalancingLoss):
-            indices = [moe.last_expert_indices for _, moe in moe_layers]
             losses['loss_balance'] = self.routing_loss(logits, indices, masks)
+        elif isinstance(self.routing_loss, LoadImportanceLoss):
+            noise_stds = [moe.gate_noise_std for _, moe in moe_layers]
+            losses['loss_balance'] = self.routing_loss(logits, indices,
+                                                       noise_stds, masks)
         else:
             raise TypeError(
-                f'model.routing_loss must be DAMEXLoss or LoadBalancingLoss, '
-                f'got {type(self.routing_loss).__name__}.')
+                f'model.routing_loss must be DAMEXLoss, LoadBalancingLoss or '
+                f'LoadImportanceLoss, got {type(self.routing_loss).__name__}.')
         return losses
 
     @contextmanager

@@ -1,3 +1,3 @@
-from .routing import DAMEXLoss, LoadBalancingLoss
+from .routing import DAMEXLoss, LoadBalancingLoss, LoadImportanceLoss
 
-__all__ = ['DAMEXLoss', 'LoadBalancingLoss']
+__all__ = ['DAMEXLoss', 'LoadBalancingLoss', 'LoadImportanceLoss']
