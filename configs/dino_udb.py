@@ -5,12 +5,15 @@ _base_ = [
     './_base_/datasets/uodb.py'
 ]
 custom_imports = dict(imports=['damex_mmdet'], allow_failed_imports=False)
+# --resume takes the seed of the checkpoint it resumes (see dino_demo.py).
+runner_type = 'ExactResumeRunner'
 
 model = dict(
     bbox_head=dict(type='DatasetAwareDINOHead', num_classes=167),
     test_cfg=dict(class_protocol='unified'))
 
 train_dataloader = dict(
+    batch_size=1,  # x 8 GPUs, the reference's run (see the schedule below)
     sampler=dict(_delete_=True, type='MixtureSampler', mode='proportional'),
     dataset=dict(
         _delete_=True,
@@ -29,12 +32,15 @@ test_dataloader = val_dataloader
 val_evaluator = dict(_delete_=True, type='MixtureCocoMetric')
 test_evaluator = val_evaluator
 
-# The reference trains 36 epochs (lr drop at 33) on 8 GPUs x 1 image.
+# The reference's run: 8 GPUs x 1 image, lr 1.4e-4, 36 epochs, and
+# StepLR(step_size=11), which divides the lr by 10 after epochs 11, 22 and 33.
+optim_wrapper = dict(optimizer=dict(lr=1.4e-4))
+auto_scale_lr = dict(base_batch_size=8)
 max_epochs = 36
 train_cfg = dict(max_epochs=max_epochs)
 param_scheduler = [
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True,
-         milestones=[33], gamma=0.1)
+         milestones=[11, 22, 33], gamma=0.1)
 ]
 default_hooks = dict(
     checkpoint=dict(save_best='mixture/mean/AP', rule='greater',

@@ -20,7 +20,7 @@ def mmdet_scope():
 
 @pytest.mark.parametrize('name, model_type, loss', [
     ('dino_udb', 'DINO', None),
-    ('moe_udb', 'DAMEX', 'LoadBalancingLoss'),
+    ('moe_udb', 'DAMEX', 'LoadImportanceLoss'),
     ('damex_udb', 'DAMEX', 'DAMEXLoss'),
 ])
 def test_uodb_recipe(name, model_type, loss):
@@ -34,6 +34,17 @@ def test_uodb_recipe(name, model_type, loss):
         assert cfg.model.routing_loss.type == loss
         assert cfg.model.num_experts == 8
         assert list(cfg.model.moe_layers.decoder) == [0, 2, 4]
+    # The reference's run: 8 GPUs x 1 image, StepLR(step_size=11) for 36 epochs.
+    assert cfg.train_dataloader.batch_size == 1
+    assert cfg.optim_wrapper.optimizer.lr == 1.4e-4
+    assert cfg.train_cfg.max_epochs == 36
+    assert [s.milestones for s in cfg.param_scheduler] == [[11, 22, 33]]
+    assert cfg.runner_type == 'ExactResumeRunner'
+    if name == 'moe_udb':
+        # The reference's vanilla MoE: tutel's loss on matched queries, with gate noise.
+        assert cfg.model.routing_loss.loss_weight == 0.1
+        assert cfg.model.routing_loss_queries == 'matched'
+        assert cfg.model.moe_cfg.gate_noise_std == 1 / 8
     if name == 'damex_udb':
         experts = cfg.model.dataset_to_expert
         assert experts.voc07 == experts.voc12 == experts.comic == experts.coco
@@ -70,3 +81,20 @@ def test_custom_mixture_example(tiny_mixture, tmp_path, monkeypatch):
         'pets:cat', 'pets:dog', 'cars:plane', 'cars:ship', 'cars:vehicle')
     assert cfg.model.bbox_head.num_classes == len(mixture.metainfo['classes'])
     assert mixture[0]['data_samples'].metainfo['dataset'] == 'pets'
+
+
+@pytest.mark.parametrize('name, loss, queries', [
+    ('moe_demo', 'LoadBalancingLoss', 'all'),
+    ('moe_paper_demo', 'LoadImportanceLoss', 'matched'),
+])
+def test_demo_vanilla_moe_baselines(name, loss, queries):
+    cfg = Config.fromfile(str(REPO_ROOT / 'configs' / 'demo' / f'{name}.py'))
+    assert cfg.runner_type == 'ExactResumeRunner'
+    assert 'seed' not in cfg.get('randomness', {})
+    model = MODELS.build(cfg.model)
+    assert type(model.routing_loss).__name__ == loss
+    assert model.routing_loss_queries == queries
+    assert model.dataset_to_expert == {}
+    if name == 'moe_paper_demo':
+        assert model.routing_loss.loss_weight == 0.1
+        assert all(moe.gate_noise_std == 1 / 4 for _, moe in model.named_moe_layers())
