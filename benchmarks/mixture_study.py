@@ -14,7 +14,8 @@ Settings (the paper's three, at demo scale):
 - labels: photo and sketch, which share class names but not label blocks.
 
 Models: dino (dense), moe (vanilla MoE), damex, and upcycled: dense DINO for
-the first --dense-fraction of the iterations, upcycled exactly into DAMEX
+the first --dense-fractions of the iterations (one model upcycled<percent>
+per fraction), upcycled exactly into DAMEX
 (tools/upcycle_checkpoint.py, every expert a copy of the dense FFN, routing
 weight 1 so the upcycled model computes what the dense one did), then DAMEX
 for the rest with ``load_from``. Same total iterations; the learning-rate
@@ -30,7 +31,7 @@ deviation.
 Usage:
     python benchmarks/mixture_study.py [--settings default] [--seeds 0 1 2]
         [--models dino moe damex upcycled] [--samplers proportional temp2]
-        [--max-iters 500] [--dense-fraction 0.5] [--num-val 200]
+        [--max-iters 500] [--dense-fractions 0.5] [--num-val 200]
         [--num-train N]   # smoke runs on smaller mixtures
         [--tag NAME --cfg-options KEY=VALUE ...]   # a variant, e.g.
         # --tag weight1 --cfg-options model.routing_loss.loss_weight=1.0
@@ -83,9 +84,10 @@ def parse_args(argv=None):
                         'each model with its best')
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
     parser.add_argument('--max-iters', type=int, default=500)
-    parser.add_argument('--dense-fraction', type=float, default=0.5,
-                        help='share of the iterations the upcycled model '
-                        'trains dense')
+    parser.add_argument('--dense-fractions', nargs='+', type=float,
+                        default=[0.5],
+                        help='shares of the iterations the upcycled model '
+                        'trains dense; each is a model, upcycled<percent>')
     parser.add_argument('--num-train', type=int, default=None,
                         help='training images per dataset in every setting, '
                         'for smoke runs (default: the setting\'s own)')
@@ -101,11 +103,19 @@ def parse_args(argv=None):
                         'tools/train.py')
     args = parser.parse_args(argv)
     if UPCYCLED in args.models:
-        dense_iters = round(args.dense_fraction * args.max_iters)
-        if not 0 < dense_iters < args.max_iters:
-            parser.error(
-                f'--dense-fraction {args.dense_fraction} of {args.max_iters} '
-                'iterations leaves no dense or no DAMEX phase')
+        for fraction in args.dense_fractions:
+            dense_iters = round(fraction * args.max_iters)
+            if not 0 < dense_iters < args.max_iters:
+                parser.error(
+                    f'--dense-fractions {fraction} of {args.max_iters} '
+                    'iterations leaves no dense or no DAMEX phase')
+        percents = [round(100 * f) for f in args.dense_fractions]
+        if len(set(percents)) < len(percents):
+            parser.error(f'--dense-fractions {args.dense_fractions} name the '
+                         'same whole percentage twice')
+        upcycled = [f'{UPCYCLED}{p}' for p in percents]
+        index = args.models.index(UPCYCLED)
+        args.models[index:index + 1] = upcycled
     return args
 
 
@@ -264,12 +274,12 @@ def run(setting, model, sampler, seed, args, progress):
 
     def finished(work_dir):
         return final_metrics(work_dir) is not None
-    if model != UPCYCLED:
+    if not model.startswith(UPCYCLED):
         text = study_config(setting, data_root, model, seed, args.max_iters,
                             sampler)
         return final_metrics(train(setting, name, text, args, progress,
                                    finished, args.cfg_options))
-    dense_iters = round(args.dense_fraction * args.max_iters)
+    dense_iters = round(int(model[len(UPCYCLED):]) / 100 * args.max_iters)
     damex_iters = args.max_iters - dense_iters
     # The dense phase runs the demo schedule and stops early, without
     # validation; the variant's --cfg-options are DAMEX options and apply to

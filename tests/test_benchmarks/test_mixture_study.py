@@ -46,26 +46,26 @@ def test_study_trains_upcycles_reports_and_reuses_finished_runs(tmp_path):
 
     first = run_study(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    for name in ('upcycled_temp2_dense_seed0', 'upcycled_temp2_seed0'):
+    for name in ('upcycled50_temp2_dense_seed0', 'upcycled50_temp2_seed0'):
         assert f'training labels/{name}' in first.stdout
     runs = tmp_path / 'study' / 'labels'
-    assert (runs / 'upcycled_temp2_dense_seed0' / 'iter_1.pth').is_file()
-    assert (runs / 'upcycled_temp2_seed0_init.pth').is_file()
-    damex_phase = Config.fromfile(str(runs / 'upcycled_temp2_seed0.py'))
+    assert (runs / 'upcycled50_temp2_dense_seed0' / 'iter_1.pth').is_file()
+    assert (runs / 'upcycled50_temp2_seed0_init.pth').is_file()
+    damex_phase = Config.fromfile(str(runs / 'upcycled50_temp2_seed0.py'))
     assert damex_phase.load_from == str(runs.resolve() /
-                                        'upcycled_temp2_seed0_init.pth')
+                                        'upcycled50_temp2_seed0_init.pth')
     assert damex_phase.model.moe_cfg.normalize_weights is True
     assert damex_phase.train_cfg.max_iters == 1
     assert damex_phase.train_dataloader.sampler.mode == 'temperature'
 
     results = json.loads(results_file.read_text())
     assert results['default'] == earlier['default']
-    [upcycled] = results['labels']['upcycled/temp2']
+    [upcycled] = results['labels']['upcycled50/temp2']
     assert upcycled['seed'] == 0
     assert {'mixture/photo/AP', 'mixture/sketch/AP', 'mixture/mean/AP',
             'routing/mean/acc', 'routing/expert0/load'} <= set(upcycled)
     row = next(line for line in first.stdout.splitlines()
-               if line.startswith('| upcycled | temp2 |'))
+               if line.startswith('| upcycled50 | temp2 |'))
     assert f'{upcycled["mixture/mean/AP"]:.3f}±0.000' in row
 
     again = run_study(tmp_path)
@@ -136,3 +136,12 @@ def test_summary_picks_each_models_best_sampler_and_pairs_seeds():
     # Paired by seed: 0.49 - 0.47 (seed 1) and 0.53 - 0.45 (seed 0).
     assert '+0.020 (seed 1) / +0.080 (seed 0)' in row
     assert f'0.050±{np.std([0.02, 0.08], ddof=1):.3f}' in row
+
+
+def test_each_dense_fraction_is_a_model_of_its_own():
+    args = study.parse_args(['--models', 'dino', 'upcycled', 'damex',
+                             '--dense-fractions', '0.25', '0.5'])
+    assert args.models == ['dino', 'upcycled25', 'upcycled50', 'damex']
+    with pytest.raises(SystemExit):
+        study.parse_args(['--models', 'upcycled', '--max-iters', '2',
+                          '--dense-fractions', '0.1'])
