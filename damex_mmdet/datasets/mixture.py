@@ -22,6 +22,35 @@ DATASET_INDEX_KEY = 'dataset_idx'
 RAW_INSTANCES_KEY = 'instances'
 # Unified labels of the sample's dataset, for the oracle class protocol.
 DATASET_CLASSES_KEY = 'dataset_classes'
+# The mixture's unified class count and dataset names, so that every model
+# can check that it fits the data it is given (see check_num_classes).
+NUM_UNIFIED_CLASSES_KEY = 'num_unified_classes'
+MIXTURE_DATASETS_KEY = 'mixture_datasets'
+
+
+def check_num_classes(data_samples: Sequence,
+                      num_classes: int,
+                      where: str = 'model.bbox_head.num_classes') -> None:
+    """Raise unless ``num_classes`` is the unified class count of the
+    :class:`DatasetMixture` the samples come from.
+
+    Too few classes stop deep in torch (or a CUDA assert) at the first box
+    of a late dataset; too many train logits that no dataset labels.
+    Samples that no mixture tagged pass.
+
+    Args:
+        data_samples (Sequence[DetDataSample]): A batch.
+        num_classes (int): The model's value.
+        where (str): The config key that holds it, named in the error.
+    """
+    for sample in data_samples:
+        expected = sample.metainfo.get(NUM_UNIFIED_CLASSES_KEY)
+        if expected is not None and expected != num_classes:
+            raise ValueError(
+                f'{where} is {num_classes}, but the DatasetMixture of '
+                f'{list(sample.metainfo[MIXTURE_DATASETS_KEY])} has '
+                f'{expected} unified classes; set {where}={expected} in the '
+                f'config.')
 
 
 def _palette(num_classes: int) -> List[Tuple[int, int, int]]:
@@ -39,7 +68,9 @@ class DatasetMixture(Dataset):
     metainfo: each dataset's local labels are mapped into one
     :class:`UnifiedLabelSpace` (disjoint blocks by default), and every sample
     is tagged with its dataset's name and index in
-    ``data_sample.metainfo['dataset' | 'dataset_idx']``. In test mode each
+    ``data_sample.metainfo['dataset' | 'dataset_idx']``, and with the
+    mixture's ``'num_unified_classes' | 'mixture_datasets'``, against which
+    DAMEX and DatasetAwareDINOHead check themselves. In test mode each
     sample also carries its ground truth in its dataset's own labels and
     original coordinates (``metainfo['instances']``) and the unified labels
     of its dataset (``metainfo['dataset_classes']``) for per-dataset
@@ -295,7 +326,9 @@ class DatasetMixture(Dataset):
             ) from error
         if result is None:
             return None
-        tags = {DATASET_NAME_KEY: name, DATASET_INDEX_KEY: dataset_idx}
+        tags = {DATASET_NAME_KEY: name, DATASET_INDEX_KEY: dataset_idx,
+                NUM_UNIFIED_CLASSES_KEY: self.label_space.num_classes,
+                MIXTURE_DATASETS_KEY: tuple(self.names)}
         if self.test_mode:
             tags[RAW_INSTANCES_KEY] = raw_instances
             tags[DATASET_CLASSES_KEY] = self._dataset_classes[dataset_idx]

@@ -12,7 +12,12 @@ class MixtureCheckHook(Hook):
 
     A head with the wrong ``num_classes`` would train on out-of-range labels
     or waste logits, and a dataset without an expert would fail mid-epoch;
-    both are caught here with the value to set. It also checks that every
+    both are caught here with the value to set. DAMEX and
+    DatasetAwareDINOHead check every batch against its mixture anyway
+    (:func:`~damex_mmdet.datasets.mixture.check_num_classes`); this hook
+    checks before anything is built on the data, including the one case
+    they cannot: a dense DINO's denoising queries embed out-of-range labels
+    before its head sees the batch. It also checks that every
     dataset of the validation mixture has the unified labels it has in
     training (the val mixture may leave datasets out, as UODB tests VOC12's
     block on VOC07 only), since predictions are in the training space.

@@ -2,9 +2,10 @@
 from mmdet.models.dense_heads import DINOHead
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
+from mmdet.utils import InstanceList
 from torch import Tensor
 
-from ...datasets.mixture import DATASET_CLASSES_KEY
+from ...datasets.mixture import DATASET_CLASSES_KEY, check_num_classes
 
 CLASS_PROTOCOLS = ('unified', 'dataset')
 
@@ -23,6 +24,10 @@ class DatasetAwareDINOHead(DINOHead):
 
     The protocol is written into each predicted sample's metainfo
     (``class_protocol``), so the metric reports which one it evaluated.
+
+    ``loss`` and ``predict`` check ``num_classes`` against the samples'
+    :class:`DatasetMixture` (a dense DINO has no other check without
+    ``MixtureCheckHook``).
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -34,8 +39,16 @@ class DatasetAwareDINOHead(DINOHead):
                 f'{CLASS_PROTOCOLS}, got {protocol!r}.')
         self.class_protocol = protocol
 
+    def loss(self, hidden_states: Tensor, references, enc_outputs_class: Tensor,
+             enc_outputs_coord: Tensor, batch_data_samples: SampleList,
+             dn_meta: dict) -> dict:
+        check_num_classes(batch_data_samples, self.num_classes)
+        return super().loss(hidden_states, references, enc_outputs_class,
+                            enc_outputs_coord, batch_data_samples, dn_meta)
+
     def predict(self, hidden_states: Tensor, references, batch_data_samples:
-                SampleList, rescale: bool = True):
+                SampleList, rescale: bool = True) -> InstanceList:
+        check_num_classes(batch_data_samples, self.num_classes)
         results = super().predict(hidden_states, references,
                                   batch_data_samples, rescale)
         for sample in batch_data_samples:

@@ -9,7 +9,8 @@ from mmdet.structures import SampleList
 from mmdet.utils import OptConfigType
 from torch import Tensor
 
-from ...datasets.mixture import DATASET_NAME_KEY
+from ...datasets.mixture import (DATASET_NAME_KEY, MIXTURE_DATASETS_KEY,
+                                 check_num_classes)
 from ..layers import (MoEDeformableDetrTransformerEncoder, MoEDinoTransformerDecoder,
                       MoEFFN)
 from ..losses import DAMEXLoss, LoadBalancingLoss, LoadImportanceLoss
@@ -152,6 +153,14 @@ class DAMEX(DINO):
             if isinstance(module, MoEFFN):
                 yield name, module
 
+    def check_mixture(self, batch_data_samples: SampleList) -> None:
+        """Raise if the samples' :class:`DatasetMixture` does not fit the
+        model: another number of unified classes, or a dataset of the
+        mixture without an expert (before it fails mid-epoch)."""
+        check_num_classes(batch_data_samples, self.bbox_head.num_classes)
+        for sample in batch_data_samples:
+            self.check_datasets(sample.metainfo.get(MIXTURE_DATASETS_KEY, ()))
+
     def check_datasets(self, dataset_names: Sequence[str]) -> None:
         """Raise if a dataset of the data has no expert in the map."""
         if not self.dataset_to_expert:
@@ -263,6 +272,7 @@ class DAMEX(DINO):
 
     def loss(self, batch_inputs: Tensor,
              batch_data_samples: SampleList) -> Dict[str, Tensor]:
+        self.check_mixture(batch_data_samples)
         experts = (self.experts_of(batch_data_samples, batch_inputs.device)
                    if self.dataset_to_expert else None)
         losses = super().loss(batch_inputs, batch_data_samples)
@@ -312,6 +322,7 @@ class DAMEX(DINO):
         whose first choice was each expert, and metainfo ``moe_layers``
         naming the rows.
         """
+        self.check_mixture(batch_data_samples)
         with self._test_routing(batch_data_samples, batch_inputs.device):
             batch_data_samples = super().predict(batch_inputs,
                                                  batch_data_samples, rescale)
