@@ -15,8 +15,13 @@ from mmengine.model import bias_init_with_prob
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
+from damex_mmdet.datasets.demo import DEMO_DATASETS
+from damex_mmdet.datasets.label_space import UnifiedLabelSpace
 from damex_mmdet.engine.hooks import ExpertLrMultHook
-from damex_mmdet.models import GrowError, MoEFFN, source_experts_from_counts
+from damex_mmdet.models import (GrowError, MoEFFN, check_grown_expert_map,
+                                check_grown_label_space,
+                                check_new_dataset_names,
+                                source_experts_from_counts)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOL = REPO_ROOT / 'tools' / 'grow_checkpoint.py'
@@ -349,3 +354,30 @@ def test_load_from_the_ungrown_checkpoint_stops(grown, tmp_path):
         train_grown(new_config, old_ckpt, tmp_path, [dict(
             type='StrictLoadHook',
             hint='Write load_from with tools/grow_checkpoint.py.')])
+
+
+@pytest.mark.parametrize('base, grown', [
+    ('demo/grow_damex_demo_base.py', 'demo/grow_damex_demo_add_scan.py'),
+    ('examples/damex_custom_mixture.py', 'examples/grow_custom_mixture.py')])
+def test_grow_configs_extend_their_base(base, grown):
+    old = Config.fromfile(str(REPO_ROOT / 'configs' / base))
+    new = Config.fromfile(str(REPO_ROOT / 'configs' / grown))
+    old_names = [e.name for e in old.train_dataloader.dataset.datasets]
+    new_names = [e.name for e in new.train_dataloader.dataset.datasets]
+    added = check_new_dataset_names(old_names, new_names)
+    assert [e.name for e in new.val_dataloader.dataset.datasets] == new_names
+    new_experts = check_grown_expert_map(
+        old.model.dataset_to_expert, old.model.num_experts,
+        new.model.dataset_to_expert, new.model.num_experts, added)
+    hook = next(h for h in new.custom_hooks if h.type == 'ExpertLrMultHook')
+    assert hook.experts == list(range(old.model.num_experts))
+    assert set(new.train_dataloader.sampler.ratios) == set(new_names)
+    assert any(h.type == 'StrictLoadHook' for h in new.custom_hooks)
+    if base.startswith('demo'):
+        assert new_experts == {3: ['scan']}
+        classes = {spec.name: spec.classes for spec in DEMO_DATASETS}
+        old_space = UnifiedLabelSpace({n: classes[n] for n in old_names})
+        new_space = UnifiedLabelSpace({n: classes[n] for n in new_names})
+        assert check_grown_label_space(old_space, new_space) == ('scan', )
+        old_space.check_num_classes(old.model.bbox_head.num_classes)
+        new_space.check_num_classes(new.model.bbox_head.num_classes)
