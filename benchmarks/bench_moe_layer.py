@@ -2,7 +2,8 @@
 
 Dense and MoE runs are interleaved round by round, so slow drifts of a shared machine hit
 both alike; each entry is the median over the rounds. Forward is timed under no_grad,
-forward+backward with autograd (gradient of ``out.sum()``). The dense FFN gets the tokens
+forward+backward with autograd (gradient of ``out.sum()``), gradients set to None before
+each run as ``optimizer.zero_grad()`` does in training. The dense FFN gets the tokens
 flattened to (T, D), its fastest form: on (B, N, D) its in-place ReLU acts on a view of the
 linear's output and autograd adds a copy of the hidden activations in backward (about 15%
 on CPU), which would flatter the MoE (it flattens tokens itself). Routing:
@@ -87,6 +88,10 @@ def timer(module: torch.nn.Module, x: torch.Tensor, backward: bool, device: torc
     x = x.detach().requires_grad_(backward)
 
     def run() -> float:
+        # As a training step after optimizer.zero_grad(): backward writes fresh gradients
+        # instead of accumulating into old ones (an extra pass over E expert-sized tensors).
+        module.zero_grad(set_to_none=True)
+        x.grad = None
         sync(device)
         start = clock()
         if backward:

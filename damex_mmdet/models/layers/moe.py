@@ -8,9 +8,10 @@ together with the MoE keywords.
 Dispatch is dropless by default: every token reaches its chosen experts, each expert runs
 once on the contiguous block of tokens routed to it, and no expert is padded to a common
 capacity. A capacity (GShard/tutel style, batch-prioritised) is available as an option.
-The experts run as one grouped GEMM (``torch._grouped_mm``, group offsets on the device)
-where this torch supports it, so dropless dispatch never reads anything back to the host;
-elsewhere they run in a Python loop over experts.
+On an accelerator the experts run as one grouped GEMM (``torch._grouped_mm``, group
+offsets on the device) where this torch supports it, so dropless dispatch never reads
+anything back to the host; on CPU, and as the fallback, they run in a Python loop over
+experts.
 """
 import math
 from contextlib import contextmanager
@@ -202,9 +203,11 @@ class MoEFFN(nn.Module):
         shared_expert: add a dense FFN that every token uses (see above).
         shared_feedforward_channels: Hs, its hidden width (default H).
         expert_feedforward_channels: He, the hidden width of each routed expert (default H).
-        expert_backend: ``'auto'`` runs the experts as one grouped GEMM where this torch has
-            the kernel for the device and dtype (and D, H keep 16-byte row alignment), else
-            as a loop over experts; ``'grouped_mm'`` or ``'loop'`` force one.
+        expert_backend: ``'auto'`` runs the experts as one grouped GEMM on an accelerator
+            where this torch has the kernel for its dtype (and D, He keep 16-byte row
+            alignment), else as a loop over experts. On CPU ``'auto'`` is the loop: reading
+            the group sizes costs nothing there, and the loop measured as fast or faster
+            (benchmarks/bench_moe_layer.py). ``'grouped_mm'`` or ``'loop'`` force one.
         num_fcs: accepted for ``FFN`` compatibility; only 2 is supported.
         dropout_layer: ``FFN``'s dropout on the output branch (e.g. DropPath), built with
             mmcv ``build_dropout``; None or empty means identity.
@@ -614,7 +617,8 @@ class MoEFFN(nn.Module):
 
     def _uses_grouped_mm(self, tokens: Tensor) -> bool:
         """Whether the experts run as a grouped GEMM for these tokens (see expert_backend)."""
-        if self.expert_backend == 'loop':
+        if self.expert_backend == 'loop' or (self.expert_backend == 'auto' and
+                                             tokens.device.type == 'cpu'):
             return False
         dtype = self._expert_dtype(tokens)
         # The grouped GEMM needs 16-byte aligned rows in every operand.
