@@ -3,8 +3,8 @@
 Every expert of every MoE layer starts from the dense FFN at its place; gates
 start fresh. Use the result as ``load_from`` of a DAMEX config:
 
-    python tools/upcycle_checkpoint.py configs/damex_udb.py dino.pth damex_init.pth \
-        --cfg-options model.moe_cfg.normalize_weights=True
+    python tools/upcycle_checkpoint.py configs/damex_udb.py dino.pth \
+        damex_init.pth --cfg-options model.moe_cfg.normalize_weights=True
 
 CONFIG must be the config you train from the result: the tool refuses one
 with which the upcycled model would not predict what the dense model predicts
@@ -60,7 +60,8 @@ def main():
     except ValueError as error:
         raise SystemExit(f'{args.config}: {error}') from error
     model.load_state_dict(state, strict=True)
-    meta = dict(checkpoint.get('meta', {}), upcycled_from=args.dense_checkpoint)
+    meta = dict(checkpoint.get('meta', {}),
+                upcycled_from=args.dense_checkpoint)
     # Write next to the target and rename, so an interrupted run never
     # leaves a truncated checkpoint behind.
     tmp_path = f'{args.out}.tmp'
