@@ -91,20 +91,23 @@ class _PermuteRows(torch.autograd.Function):
 
 
 class _GroupedBias(torch.autograd.Function):
-    """``rows + bias[row_expert]`` for rows sorted by expert, with a scatter-free backward.
+    """``rows += bias[row_expert]`` for rows sorted by expert, with a scatter-free backward.
 
+    In place: ``rows`` is a fresh grouped-GEMM output that nothing else saved, and adding
+    into it saves a pass over an (R, C) tensor (about 5% of a 10k-token forward on CPU).
     The bias gradient of expert e is the sum of the gradient rows of its group, computed as
     a grouped GEMM with a column of ones (deterministic, and no read-back of the group
     sizes); autograd's own backward of the gather would be a scatter-add. Shapes: rows
     (R, C), bias (E, C), row_expert (R,) long and sorted, offsets (E,) int32, the cumulative
-    group sizes (``offsets[-1] == R``); output (R, C).
+    group sizes (``offsets[-1] == R``); output: ``rows``.
     """
 
     @staticmethod
     def forward(ctx, rows: Tensor, bias: Tensor, row_expert: Tensor,
                 offsets: Tensor) -> Tensor:
         ctx.save_for_backward(offsets)
-        return rows + bias.index_select(0, row_expert)
+        ctx.mark_dirty(rows)
+        return rows.add_(bias.index_select(0, row_expert))
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tuple[Tensor, Tensor, None, None]:
