@@ -11,10 +11,14 @@ def test_run_demo_writes_a_report(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / 'tools' / 'run_demo.py'),
          '--work-dir', str(work_dir), '--data-root', str(tmp_path / 'data'),
-         '--max-iters', '2', '--num-train', '4', '--num-val', '3'],
+         '--max-iters', '2', '--num-train', '4', '--num-val', '3',
+         '--max-val-images', '8'],
         capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    # One evaluation, after training, on 8 of the 12 val images.
+    assert '(val)' not in result.stdout + result.stderr
     report = (work_dir / 'report.md').read_text()
+    assert ', 8 val images,' in report
     for name in ('photo', 'sketch', 'aerial', 'scan', 'mean'):
         assert f'| {name} |' in report
     pngs = sorted((work_dir / 'routing').glob('*.png'))
