@@ -1,3 +1,6 @@
+from .deformable_attention import (BFloat16SafeMultiScaleDeformableAttention,
+                                   deformable_attention_needs_float32,
+                                   use_bfloat16_safe_deformable_attention)
 from .moe import MoEFFN
 from .transformer import (MoEDeformableDetrTransformerDecoderLayer,
                           MoEDeformableDetrTransformerEncoder,
@@ -7,5 +10,8 @@ from .transformer import (MoEDeformableDetrTransformerDecoderLayer,
 __all__ = [
     'MoEFFN', 'MoEDeformableDetrTransformerEncoderLayer',
     'MoEDeformableDetrTransformerDecoderLayer',
-    'MoEDeformableDetrTransformerEncoder', 'MoEDinoTransformerDecoder'
+    'MoEDeformableDetrTransformerEncoder', 'MoEDinoTransformerDecoder',
+    'BFloat16SafeMultiScaleDeformableAttention',
+    'deformable_attention_needs_float32',
+    'use_bfloat16_safe_deformable_attention'
 ]

@@ -2,7 +2,10 @@
 
 Only the construction differs from mmdet's layers: the forward passes are
 inherited unchanged, because :class:`MoEFFN` honours the call convention of
-mmcv's ``FFN`` (``ffn(query)`` returns ``query + expert_output``).
+mmcv's ``FFN`` (``ffn(query)`` returns ``query + expert_output``). The
+encoder and decoder also build every deformable attention, dense layers' and
+MoE layers' alike, as :class:`BFloat16SafeMultiScaleDeformableAttention`, so
+DAMEX trains under CUDA bfloat16 autocast.
 """
 from typing import Sequence
 
@@ -14,6 +17,7 @@ from mmdet.models.layers.transformer import deformable_detr_layers
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
 
+from .deformable_attention import use_bfloat16_safe_deformable_attention
 from .moe import MoEFFN
 
 
@@ -53,7 +57,10 @@ class _MoELayerPlacement:
     mmdet's ``_init_layers``; the swap happens right after, so every other
     part of their construction stays mmdet's. A layer mmdet wrapped for
     activation checkpointing (the encoder's first ``num_cp`` layers) is
-    replaced by its MoE variant wrapped the same way.
+    replaced by its MoE variant wrapped the same way. Then every layer's
+    deformable attention becomes bfloat16-safe (same weights, state dict keys
+    and seeded initialisation; see
+    :func:`use_bfloat16_safe_deformable_attention`).
 
     Args:
         moe_layers (Sequence[int]): Indices of the layers whose FFN is an
@@ -84,6 +91,7 @@ class _MoELayerPlacement:
                 # up at call time as mmdet's _init_layers does.
                 layer = deformable_detr_layers.checkpoint_wrapper(layer)
             self.layers[index] = layer
+        use_bfloat16_safe_deformable_attention(self.layers)
 
 
 @MODELS.register_module()
