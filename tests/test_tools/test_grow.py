@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from mmdet.apis import DetInferencer, init_detector
 from mmdet.registry import DATASETS, MODELS
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
@@ -381,3 +382,33 @@ def test_grow_configs_extend_their_base(base, grown):
         assert check_grown_label_space(old_space, new_space) == ('scan', )
         old_space.check_num_classes(old.model.bbox_head.num_classes)
         new_space.check_num_classes(new.model.bbox_head.num_classes)
+
+
+def test_inference_names_the_new_classes(grown, tiny_mixture, tmp_path,
+                                         monkeypatch):
+    """mmdet's init_detector and DetInferencer and tools/infer.py read the
+    grown checkpoint's class names, old and new, without the training data."""
+    _, _, new_config, grown_ckpt, _ = grown
+    monkeypatch.chdir(tmp_path)
+    image = str(sorted((tiny_mixture / 'scan' / 'images' / 'val').iterdir())[0])
+    stored = torch.load(str(grown_ckpt), map_location='cpu',
+                        weights_only=False)['meta']['dataset_meta']['classes']
+    stored = list(stored)
+    assert stored[:OLD_CLASSES] == [f'{spec.name}:{c}' for spec in DEMO_DATASETS
+                                    for c in spec.classes]
+    assert stored[OLD_CLASSES:] == ['xray:lesion']
+
+    model = init_detector(str(new_config), str(grown_ckpt), device='cpu')
+    assert list(model.dataset_meta['classes']) == stored
+    inferencer = DetInferencer(model=str(new_config), weights=str(grown_ckpt),
+                               device='cpu', show_progress=False)
+    assert list(inferencer.visualizer.dataset_meta['classes']) == stored
+
+    spec = importlib.util.spec_from_file_location(
+        'infer_tool', REPO_ROOT / 'tools' / 'infer.py')
+    infer_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(infer_tool)
+    restricted = infer_tool.infer(
+        image, str(new_config), str(grown_ckpt), str(tmp_path / 'out'),
+        dataset='xray', score_thr=0, device='cpu', progress=False)
+    assert {i['class'] for i in restricted[0]['instances']} == {'xray:lesion'}
