@@ -1,0 +1,91 @@
+"""Training FLOPs of detectors relative to the first one, counted, not estimated.
+
+Each model is built from its config (plus optional overrides) and runs one
+training step (loss forward and backward, no optimizer) on the same batch of
+8 images at 128 px (bench_detector's demo batch) under torch's
+``FlopCounterMode``, which counts the matrix multiplications and convolutions
+as they run. An MoE layer is therefore charged for what its tokens did: with
+top-1 dropless routing each token runs exactly one expert, whatever the gate
+chose. Ops without a FLOP formula in torch (grid sampling in the deformable
+attention, element-wise ops) are not counted; they are the same in every
+model compared here. Issue 13's rule: a candidate must stay within 5% of
+dense DINO.
+
+Usage:
+    python benchmarks/training_flops.py \\
+        --model configs/demo/dino_demo.py \\
+        --model configs/demo/damex_demo.py \\
+        --model configs/demo/damex_demo.py model.moe_cfg.shared_expert=True \\
+            model.moe_cfg.shared_feedforward_channels=256 \\
+            model.moe_cfg.expert_feedforward_channels=256
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from mmdet.registry import MODELS
+from mmengine.config import Config, DictAction
+from mmengine.registry import init_default_scope
+from torch.utils.flop_counter import FlopCounterMode
+
+import damex_mmdet  # noqa: F401
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_detector import make_batch  # noqa: E402
+
+TOLERANCE = 0.05
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--model', nargs='+', action='append', required=True,
+                        metavar=('CONFIG', 'KEY=VALUE'),
+                        help='a config and its overrides; the first --model '
+                        'is the reference')
+    return parser.parse_args(argv)
+
+
+def build(config: str, options) -> torch.nn.Module:
+    cfg = Config.fromfile(config)
+    if options:
+        parser = argparse.ArgumentParser()
+        parser.add_argument('options', nargs='+', action=DictAction)
+        cfg.merge_from_dict(parser.parse_args(options).options)
+    init_default_scope('mmdet')
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    return model
+
+
+def training_flops(model: torch.nn.Module) -> int:
+    """FLOPs of one training forward and backward on the demo batch."""
+    inputs, samples = make_batch('demo', 'cpu')
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        data = model.data_preprocessor(
+            dict(inputs=list(inputs), data_samples=samples), True)
+        losses = model.loss(data['inputs'], data['data_samples'])
+        sum(v for k, v in losses.items() if 'loss' in k).backward()
+    return counter.get_total_flops()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    rows = []
+    for config, *options in args.model:
+        flops = training_flops(build(config, options))
+        rows.append((' '.join([Path(config).name, *options]), flops))
+    reference = rows[0][1]
+    print(f'| model | GFLOPs per training step | ratio to the first | '
+          f'within {TOLERANCE:.0%} |\n|---|---|---|---|')
+    for name, flops in rows:
+        ratio = flops / reference
+        print(f'| {name} | {flops / 1e9:.1f} | {ratio:.3f} | '
+              f'{"yes" if abs(ratio - 1) <= TOLERANCE else "no"} |')
+
+
+if __name__ == '__main__':
+    main()

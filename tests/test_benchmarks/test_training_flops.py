@@ -1,0 +1,49 @@
+"""The FLOP counter of benchmarks/training_flops.py charges MoE layers for
+what their tokens ran."""
+import importlib.util
+import sys
+
+import pytest
+
+from ..conftest import REPO_ROOT
+
+DAMEX = str(REPO_ROOT / 'configs' / 'demo' / 'damex_demo.py')
+SHARED = ['model.moe_cfg.shared_expert=True']
+
+
+@pytest.fixture(scope='module')
+def flops_tool():
+    sys.path.insert(0, str(REPO_ROOT / 'benchmarks'))
+    spec = importlib.util.spec_from_file_location(
+        'training_flops', REPO_ROOT / 'benchmarks' / 'training_flops.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.path.remove(str(REPO_ROOT / 'benchmarks'))
+
+
+def test_shared_expert_costs_one_dense_ffn_per_moe_token(flops_tool):
+    """A full-width shared expert adds the dense FFN's FLOPs on the decoder
+    tokens of the MoE layers; halving both widths brings DAMEX back to
+    its own cost."""
+    damex = flops_tool.training_flops(flops_tool.build(DAMEX, []))
+    full = flops_tool.training_flops(flops_tool.build(DAMEX, SHARED))
+    narrow = flops_tool.training_flops(flops_tool.build(DAMEX, SHARED + [
+        'model.moe_cfg.shared_feedforward_channels=256',
+        'model.moe_cfg.expert_feedforward_channels=256']))
+    model = flops_tool.build(DAMEX, [])
+    moe_layers = len(list(model.named_moe_layers()))
+    # Training tokens of one decoder layer: the batch's matching and
+    # denoising queries (their number depends on the boxes, so it is read
+    # back from the FLOPs rather than assumed).
+    per_token = 3 * 2 * 2 * 256 * 512  # forward + 2 backward, 2 matmuls
+    tokens = (full - damex) / (moe_layers * per_token)
+    assert tokens == int(tokens) and 8 * 30 <= tokens <= 8 * 30 * 4
+    assert abs(narrow - damex) < 1e-3 * damex
+
+
+def test_reports_ratios_to_the_first_model(flops_tool, capsys):
+    flops_tool.main(['--model', DAMEX, '--model', DAMEX, *SHARED])
+    rows = capsys.readouterr().out.strip().splitlines()[2:]
+    assert rows[0].endswith('| 1.000 | yes |')
+    assert 'shared_expert=True' in rows[1] and '| yes |' in rows[1]
