@@ -38,9 +38,11 @@ Usage:
 Results: work_dirs/study/results.json and markdown tables on stdout.
 """
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -236,18 +238,41 @@ def run_name(model: str, sampler: str, seed: int, args) -> str:
     return f'{model}{variant_suffix(args)}{sampler_suffix}_seed{seed}'
 
 
+def resolved_digest(text: str) -> str:
+    """A digest of the config ``text`` with its ``_base_`` files resolved.
+
+    A run's config names its base (``configs/demo/damex_demo.py``) instead of
+    copying it, so its text alone cannot tell that the base has changed since
+    the run; the resolved config can.
+    """
+    from mmengine.config import Config
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / 'run_config.py'
+        path.write_text(text)
+        resolved = Config.fromfile(str(path)).to_dict()
+    canonical = json.dumps(resolved, sort_keys=True, default=repr)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def config_header(text: str, args, cfg_options) -> str:
+    """The first line of a run's config: what its text cannot show (mixture
+    sizes, ``cfg_options``, the resolved config's digest)."""
+    return (f'# mixture_study.py: num_train={args.num_train} '
+            f'num_val={args.num_val} cfg_options={cfg_options} '
+            f'resolved={resolved_digest(text)}\n')
+
+
 def train(setting: str, name: str, text: str, args, progress, finished,
           cfg_options) -> Path:
     """Train the config ``text`` as run ``name`` unless it already finished.
 
     ``finished(work_dir)`` tells whether a run is complete. A finished run is
-    reused only when its config is ``text``; the config's first line records
-    what the config cannot show (mixture sizes, ``cfg_options``).
+    reused only when its config, header included (:func:`config_header`), is
+    the one this study would write now.
     """
     work_dir = Path(args.work_dir) / setting / name
     config = work_dir.parent / f'{name}.py'
-    text = (f'# mixture_study.py: num_train={args.num_train} '
-            f'num_val={args.num_val} cfg_options={cfg_options}\n' + text)
+    text = config_header(text, args, cfg_options) + text
     if finished(work_dir):
         if config.exists() and config.read_text() == text:
             return work_dir

@@ -7,7 +7,9 @@
 #   python tools/train.py configs/demo/grow_damex_demo_add_scan.py
 # scan's class gets unified label 10 after the old 10 classes, expert 3 is
 # added to every MoE layer (a copy of the old expert scan's images route to
-# most), the old experts stay frozen, and training replays the old datasets.
+# most), the old experts and their gate rows stay frozen, the features the old
+# heads read (backbone, neck, encoder) train at a tenth of the rate, and
+# training replays the old datasets.
 _base_ = './grow_damex_demo_base.py'
 
 data_root = 'data/demo_mixture/'
@@ -20,9 +22,10 @@ model = dict(
     dataset_to_expert=dataset_to_expert,
     bbox_head=dict(num_classes=11))  # the old 10 + scan 1
 train_dataloader = dict(
-    # Half of every batch is new data, half replays the old datasets.
+    # Three quarters of the images replay the old datasets, in the shares
+    # they had; scan still gets 5x its share of joint training.
     sampler=dict(mode='ratios',
-                 ratios=dict(photo=1, sketch=1, aerial=1, scan=3)),
+                 ratios=dict(photo=1, sketch=1, aerial=1, scan=1)),
     dataset=dict(datasets=[
         dict(name=name, data_root=f'{data_root}{name}/',
              ann_file='annotations/train.json', img_prefix='images/train/')
@@ -49,7 +52,15 @@ param_scheduler = [
     dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
          milestones=[int(max_iters * 0.8)], gamma=0.1)
 ]
-optim_wrapper = dict(optimizer=dict(lr=1e-4))
+# The old classes' heads were trained on these features: moving them at the
+# full rate is what makes the old datasets forget.
+optim_wrapper = dict(
+    optimizer=dict(lr=1e-4),
+    paramwise_cfg=dict(custom_keys={
+        'backbone': dict(lr_mult=0.1),
+        'neck': dict(lr_mult=0.1),
+        'encoder': dict(lr_mult=0.1)
+    }))
 default_hooks = dict(checkpoint=dict(interval=max_iters))
 custom_hooks = [
     dict(type='MixtureCheckHook'),
@@ -57,6 +68,8 @@ custom_hooks = [
     dict(type='RNGStateHook'),
     dict(type='StrictLoadHook',
          hint='Write load_from with tools/grow_checkpoint.py.'),
-    # The old datasets' experts keep their weights bit for bit.
-    dict(type='ExpertLrMultHook', experts=[0, 1, 2], lr_mult=0.0)
+    # The old datasets' experts and gate rows keep their weights bit for
+    # bit: the old datasets' tokens keep their experts.
+    dict(type='ExpertLrMultHook', experts=[0, 1, 2], lr_mult=0.0,
+         gate_rows=True)
 ]

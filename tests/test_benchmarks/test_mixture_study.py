@@ -77,6 +77,19 @@ def test_study_trains_upcycles_reports_and_reuses_finished_runs(tmp_path):
     assert 'parameters differ' in other_sizes.stderr
 
 
+def test_a_finished_run_is_not_reused_once_its_base_config_changed(tmp_path):
+    base = tmp_path / 'base.py'
+    base.write_text('model = dict(width=1)\n')
+    text = f"_base_ = '{base}'\nrandomness = dict(seed=0)\n"
+    args = study.parse_args([])
+    header = study.config_header(text, args, [])
+    base.write_text('# A comment changes nothing the run trains.\n'
+                    'model = dict(width=1)\n')
+    assert study.config_header(text, args, []) == header
+    base.write_text('model = dict(width=2)\n')
+    assert study.config_header(text, args, []) != header
+
+
 def test_more_val_images_leave_the_training_images_unchanged(tmp_path):
     small = generate_demo_mixture(tmp_path / 'small', num_train=2, num_val=1,
                                   progress=False)
