@@ -4,7 +4,7 @@ DAMEX instead of training on all four from scratch.
 For every seed:
 
 1. joint: DAMEX trained on all four demo datasets from scratch for
-   --max-iters iterations; the mixture study's own ``damex`` run
+   --max-iters iterations; the mixture study's own ``damex_paper`` run
    (benchmarks/mixture_study.py, reused when it already ran with the same
    parameters);
 2. before: DAMEX on photo, sketch and aerial (configs/demo/
@@ -185,7 +185,7 @@ def main(argv=None):
     results = []
     with tqdm(args.seeds, desc='growth study seeds', unit='seed') as progress:
         for seed in progress:
-            joint = run(SETTING, 'damex', 'proportional', seed, args,
+            joint = run(SETTING, 'damex_paper', 'proportional', seed, args,
                         progress)
             results.append(dict(seed=seed, joint=joint,
                                 **grow_seed(seed, args, progress)))

@@ -13,7 +13,9 @@ Settings (the paper's three, at demo scale):
 - domains: the three most different domains only (sketch, aerial, scan);
 - labels: photo and sketch, which share class names but not label blocks.
 
-Models: dino (dense), moe (vanilla MoE), damex, and upcycled: dense DINO for
+Models: dino (dense), moe (vanilla MoE), damex (the recommended
+configuration: the paper's DAMEX plus a shared expert), damex_paper (the
+paper's DAMEX), and upcycled: dense DINO for
 the first --dense-fractions of the iterations (one model upcycled<percent>
 per fraction), upcycled exactly into DAMEX
 (tools/upcycle_checkpoint.py, every expert a copy of the dense FFN, routing
@@ -30,7 +32,7 @@ deviation.
 
 Usage:
     python benchmarks/mixture_study.py [--settings default] [--seeds 0 1 2]
-        [--models dino moe damex upcycled] [--samplers proportional temp2]
+        [--models dino moe damex damex_paper upcycled] [--samplers proportional temp2]
         [--max-iters 500] [--dense-fractions 0.5] [--num-val 200]
         [--num-train N]   # smoke runs on smaller mixtures
         [--tag NAME --cfg-options KEY=VALUE ...]   # a variant, e.g.
@@ -52,7 +54,10 @@ from damex_mmdet.datasets.demo import DEMO_DATASETS, generate_demo_mixture
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = dict(dino='configs/demo/dino_demo.py', moe='configs/demo/moe_demo.py',
-               damex='configs/demo/damex_demo.py')
+               damex='configs/demo/damex_demo.py',
+               damex_paper='configs/demo/damex_paper_demo.py')
+# Models with a dataset-to-expert map to restrict to a setting's datasets.
+DAMEX_MODELS = ('damex', 'damex_paper')
 # Trained in two phases: dense DINO, then DAMEX from the upcycled checkpoint.
 UPCYCLED = 'upcycled'
 MODELS = [*CONFIGS, UPCYCLED]
@@ -146,7 +151,7 @@ def study_config(setting: str, data_root: Path, model: str, seed: int,
     if SAMPLERS[sampler]:
         lines.append('train_dataloader.update(sampler=dict(_delete_=True, '
                      f'**{SAMPLERS[sampler]}))')
-    if model == 'damex':
+    if model in DAMEX_MODELS:
         lines += [
             f'model.update(dataset_to_expert=dict(_delete_=True, '
             f'**{experts}))',

@@ -14,8 +14,8 @@ dense DINO.
 Usage:
     python benchmarks/training_flops.py \\
         --model configs/demo/dino_demo.py \\
-        --model configs/demo/damex_demo.py \\
-        --model configs/demo/damex_demo.py model.moe_cfg.shared_expert=True \\
+        --model configs/demo/damex_paper_demo.py \\
+        --model configs/demo/damex_paper_demo.py model.moe_cfg.shared_expert=True \\
             model.moe_cfg.shared_feedforward_channels=256 \\
             model.moe_cfg.expert_feedforward_channels=256
 """

@@ -98,3 +98,19 @@ def test_demo_vanilla_moe_baselines(name, loss, queries):
     if name == 'moe_paper_demo':
         assert model.routing_loss.loss_weight == 0.1
         assert all(moe.gate_noise_std == 1 / 4 for _, moe in model.named_moe_layers())
+
+
+def test_recommended_demo_damex_is_the_papers_plus_a_shared_expert():
+    def resolved(name):
+        return Config.fromfile(
+            str(REPO_ROOT / 'configs' / 'demo' / f'{name}.py')).to_dict()
+    recommended, paper = resolved('damex_demo'), resolved('damex_paper_demo')
+    assert recommended['model'].pop('moe_cfg') == dict(shared_expert=True)
+    assert 'moe_cfg' not in paper['model']
+    assert recommended == paper
+    model = MODELS.build(Config.fromfile(
+        str(REPO_ROOT / 'configs' / 'demo' / 'damex_demo.py')).model)
+    assert all(moe.shared is not None for _, moe in model.named_moe_layers())
+    # The baselines and the growth recipe stay the paper's DAMEX.
+    for name in ('moe_demo', 'moe_paper_demo', 'grow_damex_demo_base'):
+        assert 'shared_expert' not in resolved(name)['model'].get('moe_cfg', {})

@@ -1,16 +1,9 @@
-# DAMEX on the demo mixture: dino_demo.py with MoE FFNs in decoder layers
-# 0 and 2, one expert per demo dataset, and the DAMEX routing loss.
-_base_ = './dino_demo.py'
+# DAMEX on the demo mixture, the recommended configuration: the paper's DAMEX
+# (damex_paper_demo.py) plus a shared expert in every MoE layer, a dense FFN
+# of the full width that every token uses, summed with the token's dataset
+# expert. With temperature sampling it beat dense DINO by +0.054 / +0.016 AP
+# (seeds 0 / 1, 200 val images per dataset) where the paper's DAMEX lost;
+# benchmarks/README.md#beating-dense-dino. Training FLOPs: 1.034x dense DINO.
+_base_ = './damex_paper_demo.py'
 
-dataset_to_expert = dict(photo=0, sketch=1, aerial=2, scan=3)
-model = dict(
-    type='DAMEX',
-    num_experts=4,
-    moe_layers=dict(encoder=[], decoder=[0, 2]),
-    routing_loss=dict(type='DAMEXLoss', loss_weight=0.1),
-    dataset_to_expert=dataset_to_expert)
-val_evaluator = [
-    dict(type='MixtureCocoMetric'),
-    dict(type='RoutingMetric', dataset_to_expert=dataset_to_expert)
-]
-test_evaluator = val_evaluator
+model = dict(moe_cfg=dict(shared_expert=True))

@@ -1,6 +1,6 @@
-# The vanilla MoE baseline: damex_demo.py with a load-balancing loss instead
+# The vanilla MoE baseline: damex_paper_demo.py with a load-balancing loss instead
 # of the dataset-aware routing loss.
-_base_ = './damex_demo.py'
+_base_ = './damex_paper_demo.py'
 
 model = dict(
     routing_loss=dict(_delete_=True, type='LoadBalancingLoss',

@@ -1,7 +1,8 @@
-# A DAMEX small enough for tests and smoke runs on a CPU in seconds: the demo
-# model with a narrow ResNet-18, one encoder and two decoder layers (both MoE),
-# 10 queries and 64 px images. Not for accuracy.
-_base_ = '../demo/damex_demo.py'
+# A DAMEX small enough for tests and smoke runs on a CPU in seconds: the
+# paper's demo model (damex_paper_demo.py) with a narrow ResNet-18, one
+# encoder and two decoder layers (both MoE), 10 queries and 64 px images. Not
+# for accuracy.
+_base_ = '../demo/damex_paper_demo.py'
 
 model = dict(
     num_queries=10,

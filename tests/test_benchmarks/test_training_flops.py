@@ -7,7 +7,7 @@ import pytest
 
 from ..conftest import REPO_ROOT
 
-DAMEX = str(REPO_ROOT / 'configs' / 'demo' / 'damex_demo.py')
+DAMEX = str(REPO_ROOT / 'configs' / 'demo' / 'damex_paper_demo.py')
 SHARED = ['model.moe_cfg.shared_expert=True']
 
 
