@@ -17,10 +17,11 @@ Models: dino (dense), moe (vanilla MoE), damex (the recommended
 configuration: the paper's DAMEX plus a shared expert), damex_paper (the
 paper's DAMEX), and upcycled: dense DINO for
 the first --dense-fractions of the iterations (one model upcycled<percent>
-per fraction), upcycled exactly into DAMEX
-(tools/upcycle_checkpoint.py, every expert a copy of the dense FFN, routing
-weight 1 so the upcycled model computes what the dense one did), then DAMEX
-for the rest with ``load_from``. Same total iterations; the learning-rate
+per fraction), upcycled exactly into the recommended DAMEX
+(tools/upcycle_checkpoint.py: the shared expert is the dense FFN and the
+routed experts' output layers start at zero, routing weight 1, so the
+upcycled model computes what the dense one did), then DAMEX for the rest
+with ``load_from``. Same total iterations; the learning-rate
 schedule continues where the dense phase stopped; the optimizer state
 (AdamW moments) starts afresh in the DAMEX phase, as with any ``load_from``.
 
@@ -32,7 +33,8 @@ deviation.
 
 Usage:
     python benchmarks/mixture_study.py [--settings default] [--seeds 0 1 2]
-        [--models dino moe damex damex_paper upcycled] [--samplers proportional temp2]
+        [--models dino moe damex damex_paper upcycled]
+        [--samplers proportional temp2]
         [--max-iters 500] [--dense-fractions 0.5] [--num-val 200]
         [--num-train N]   # smoke runs on smaller mixtures
         [--tag NAME --cfg-options KEY=VALUE ...]   # a variant, e.g.

@@ -1,5 +1,5 @@
-# The vanilla MoE baseline: damex_paper_demo.py with a load-balancing loss instead
-# of the dataset-aware routing loss.
+# The vanilla MoE baseline: damex_paper_demo.py with a load-balancing loss
+# instead of the dataset-aware routing loss.
 _base_ = './damex_paper_demo.py'
 
 model = dict(
