@@ -171,14 +171,10 @@ def check_grown_expert_map(old_map: Mapping[str, int], old_num_experts: int,
             f'model.num_experts={new_num_experts} in the new config, but the '
             f'trained model has {old_num_experts} experts: growing keeps '
             f'every expert; set num_experts >= {old_num_experts}.')
-    for name, expert in new_map.items():
-        if (isinstance(expert, bool) or not isinstance(expert, int)
-                or not 0 <= expert < new_num_experts):
-            raise GrowError(
-                f'model.dataset_to_expert maps dataset {name!r} to expert '
-                f'{expert!r}, out of range for num_experts={new_num_experts} '
-                f'(valid experts 0..{new_num_experts - 1}): raise '
-                f'model.num_experts or fix the map.')
+    try:
+        DAMEX.checked_expert_map(new_map, new_num_experts)
+    except ValueError as error:
+        raise GrowError(str(error)) from error
     for name, expert in old_map.items():
         if new_map.get(name) != expert:
             raise GrowError(

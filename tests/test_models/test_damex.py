@@ -171,9 +171,11 @@ def test_upcycled_model_predicts_like_the_dense_model(model_cfg):
                                expected.pred_instances.scores)
 
 
-def test_expert_index_out_of_range_fails_at_build(model_cfg):
-    with pytest.raises(ValueError, match='num_experts=4'):
-        build(model_cfg, dataset_to_expert=dict(photo=0, sketch=4))
+@pytest.mark.parametrize('bad', [4, -1, True, 1.0])
+def test_expert_index_out_of_range_fails_at_build(model_cfg, bad):
+    # A YAML/JSON-minded `true` or `1.0` must not pass as expert 1.
+    with pytest.raises(ValueError, match='out of range for num_experts=4'):
+        build(model_cfg, dataset_to_expert=dict(photo=0, sketch=bad))
 
 
 def test_damex_loss_without_map_fails_at_build(model_cfg):

@@ -91,7 +91,7 @@ class DAMEX(DINO):
         self.moe_layers = {part: tuple(moe_layers.get(part, ()))
                            for part in ('encoder', 'decoder')}
         self.moe_cfg = dict(moe_cfg or {}, num_experts=num_experts)
-        self.dataset_to_expert = self._checked_expert_map(
+        self.dataset_to_expert = self.checked_expert_map(
             dataset_to_expert, num_experts)
         self.exclude_denoising_from_routing_loss = (
             exclude_denoising_from_routing_loss)
@@ -113,15 +113,23 @@ class DAMEX(DINO):
         self._head_inputs: Optional[Dict] = None
 
     @staticmethod
-    def _checked_expert_map(dataset_to_expert: Optional[Mapping[str, int]],
-                            num_experts: int) -> Dict[str, int]:
+    def checked_expert_map(dataset_to_expert: Optional[Mapping[str, int]],
+                           num_experts: int) -> Dict[str, int]:
+        """Return ``dataset_to_expert`` as a dict after checking every expert
+        index is an int in ``0..num_experts - 1``.
+
+        Raises:
+            ValueError: An index that is not an int (bools included) or is
+                out of range.
+        """
         expert_map = dict(dataset_to_expert or {})
         for name, expert in expert_map.items():
-            if not isinstance(expert, int) or not 0 <= expert < num_experts:
+            if (isinstance(expert, bool) or not isinstance(expert, int)
+                    or not 0 <= expert < num_experts):
                 raise ValueError(
                     f'model.dataset_to_expert maps dataset {name!r} to expert '
-                    f'{expert!r}, but the model has num_experts={num_experts}'
-                    f' (valid experts 0..{num_experts - 1}): raise '
+                    f'{expert!r}, out of range for num_experts={num_experts} '
+                    f'(valid experts 0..{num_experts - 1}): raise '
                     f'model.num_experts or fix the map.')
         return expert_map
 
