@@ -1,7 +1,8 @@
 # The paper's demo DAMEX (damex_paper_demo.py, as measured in
 # benchmarks/README.md#growing-a-trained-model) trained on three of the four
 # demo datasets (photo, sketch, aerial), one expert each: the model that
-# grow_damex_demo_add_scan.py grows with the fourth dataset, scan. Train it like any config:
+# grow_damex_demo_add_scan.py grows with the fourth dataset, scan. Train it
+# like any config:
 #   python tools/train.py configs/demo/grow_damex_demo_base.py
 _base_ = './damex_paper_demo.py'
 
