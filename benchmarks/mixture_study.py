@@ -42,6 +42,7 @@ Usage:
 Results: work_dirs/study/results.json and markdown tables on stdout.
 """
 import argparse
+import fcntl
 import hashlib
 import json
 import subprocess
@@ -421,6 +422,32 @@ def summarise(results):
     return '\n'.join(lines)
 
 
+def store_results(path, results):
+    """Merge ``results`` into the JSON file at ``path``, one run at a time.
+
+    Runs of earlier or concurrent invocations (other settings, models,
+    samplers or seeds) stay in the file; a run studied again replaces its
+    old entry. The lock and the atomic rename let several study processes,
+    e.g. one per model, share one results file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + '.lock'), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        for setting, by_run in results.items():
+            stored_runs = stored.setdefault(setting, {})
+            for key, runs in by_run.items():
+                new_seeds = {r['seed'] for r in runs}
+                kept = [r for r in stored_runs.get(key, [])
+                        if r['seed'] not in new_seeds]
+                stored_runs[key] = sorted(kept + runs,
+                                          key=lambda r: r['seed'])
+        partial = path.with_name(path.name + '.partial')
+        partial.write_text(json.dumps(stored, indent=2))
+        partial.replace(path)
+    return stored
+
+
 def main(argv=None):
     args = parse_args(argv)
     # Seed-major order: an interrupted study has every model at the first
@@ -439,10 +466,7 @@ def main(argv=None):
             results[setting][f'{model}/{sampler}'].append(
                 dict(metrics, seed=seed))
     out = Path(args.work_dir) / f'results{variant_suffix(args)}.json'
-    # Settings studied by earlier invocations stay in the file.
-    stored = json.loads(out.read_text()) if out.exists() else {}
-    stored.update(results)
-    out.write_text(json.dumps(stored, indent=2))
+    store_results(out, results)
     print(f'\nResults ({len(args.seeds)} seeds, {args.max_iters} iterations, '
           f'{args.num_val} val images per dataset, mean±std over seeds): '
           f'{out}')

@@ -158,3 +158,20 @@ def test_each_dense_fraction_is_a_model_of_its_own():
     with pytest.raises(SystemExit):
         study.parse_args(['--models', 'upcycled', '--max-iters', '2',
                           '--dense-fractions', '0.1'])
+
+
+def test_results_of_separate_invocations_merge_run_by_run(tmp_path):
+    # Two processes, one per model, used to overwrite each other's setting.
+    path = tmp_path / 'results.json'
+    study.store_results(path, {'limited': {'dino/temp2': [
+        dict(seed=0, ap=0.5), dict(seed=1, ap=0.6)]}})
+    study.store_results(path, {'limited': {'damex/temp2': [
+        dict(seed=0, ap=0.7)]}, 'labels': {'dino/temp2': [
+            dict(seed=0, ap=0.8)]}})
+    stored = study.store_results(path, {'limited': {'dino/temp2': [
+        dict(seed=1, ap=0.65)]}})
+    assert stored == json.loads(path.read_text())
+    assert stored == {
+        'limited': {'dino/temp2': [dict(seed=0, ap=0.5), dict(seed=1, ap=0.65)],
+                    'damex/temp2': [dict(seed=0, ap=0.7)]},
+        'labels': {'dino/temp2': [dict(seed=0, ap=0.8)]}}
