@@ -124,8 +124,12 @@ class DAMEX(DINO):
         """
         expert_map = dict(dataset_to_expert or {})
         for name, expert in expert_map.items():
-            if (isinstance(expert, bool) or not isinstance(expert, int)
-                    or not 0 <= expert < num_experts):
+            if isinstance(expert, bool) or not isinstance(expert, int):
+                raise ValueError(
+                    f'model.dataset_to_expert maps dataset {name!r} to '
+                    f'{expert!r} ({type(expert).__name__}), not an expert '
+                    f'index: write an int in 0..{num_experts - 1}.')
+            if not 0 <= expert < num_experts:
                 raise ValueError(
                     f'model.dataset_to_expert maps dataset {name!r} to expert '
                     f'{expert!r}, out of range for num_experts={num_experts} '
