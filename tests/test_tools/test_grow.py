@@ -347,6 +347,47 @@ def test_lr_mult_is_a_smaller_adamw_step():
         ExpertLrMultHook(experts=[3]).expert_parameters(model)
 
 
+
+def test_a_model_with_a_shared_expert_grows_exactly(tool, tiny_checkpoint,
+                                                     tiny_mixture, tmp_path):
+    """The recommended DAMEX (shared expert) grows like the paper's: the
+    shared expert is copied, and the old part predicts as before."""
+    old_config, old_ckpt = tiny_checkpoint
+    shared_config = tmp_path / 'shared.py'
+    shared_config.write_text(f"_base_ = '{old_config}'\n"
+                             'model = dict(moe_cfg=dict(shared_expert=True))\n')
+    cfg = Config.fromfile(str(shared_config))
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    old = torch.load(old_ckpt, map_location='cpu', weights_only=False)
+    missing = model.load_state_dict(old['state_dict'], strict=False)
+    assert missing.missing_keys and all(
+        '.shared.' in k for k in missing.missing_keys)
+    shared_ckpt = tmp_path / 'shared.pth'
+    torch.save(dict(state_dict=model.state_dict(), meta=old['meta']),
+               shared_ckpt)
+    new_config = grow_config(
+        shared_config, tiny_mixture, tmp_path / 'grown.py', dict(xray='scan'),
+        dict(photo=0, sketch=1, aerial=2, scan=3, xray=4), 5, 12)
+    out = tmp_path / 'grown.pth'
+    tool.grow_checkpoint(str(shared_config), str(shared_ckpt),
+                         str(new_config), str(out))
+    moe_cfg = dict(shared_expert=True, normalize_weights=True)
+    old_model, _, _ = build(shared_config, shared_ckpt, moe_cfg=moe_cfg)
+    new_model, new_cfg, _ = build(new_config, out, moe_cfg=moe_cfg)
+    old_state, new_state = old_model.state_dict(), new_model.state_dict()
+    shared_keys = [k for k in old_state if '.shared.' in k]
+    assert shared_keys
+    assert all(torch.equal(old_state[k], new_state[k]) for k in shared_keys)
+    batch = old_val_batch(new_cfg)
+    old_scores, old_boxes, old_choices = head_outputs(old_model, batch, False)
+    new_scores, new_boxes, new_choices = head_outputs(new_model, batch, False)
+    assert torch.equal(new_boxes, old_boxes)
+    assert all(torch.equal(o, n) for o, n in zip(old_choices, new_choices))
+    torch.testing.assert_close(new_scores[..., :OLD_CLASSES], old_scores,
+                               rtol=0, atol=2e-6)
+
 def test_load_from_the_ungrown_checkpoint_stops(grown, tmp_path):
     _, old_ckpt, new_config, _, _ = grown
     with pytest.raises(ValueError, match='does not fit the model: bbox_head'
