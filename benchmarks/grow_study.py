@@ -38,7 +38,8 @@ from damex_mmdet.datasets.demo import generate_demo_mixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mixture_study import (DEFAULT_NUM_VAL, NAMES, REPO, final_metrics,  # noqa: E402,E501
-                           mean_std, run, train)
+                           mean_std, merge_seeds, run, train,
+                           update_json)
 
 SETTING = 'default'  # the four demo datasets; its data serve every run
 STUDY = 'grow'  # the folder of this study's runs under --work-dir
@@ -178,6 +179,17 @@ def summarise(results, args) -> str:
     return '\n'.join(lines)
 
 
+def store_results(path: Path, parameters: dict, results: list) -> list:
+    """Merge the seeds ``results`` into the JSON file at ``path``; seeds
+    stored there by other invocations stay if they ran with the same
+    ``parameters``. Returns every stored seed's results."""
+    def merge(stored):
+        same = {k: v for k, v in stored.items() if k != 'seeds'} == parameters
+        return dict(parameters, seeds=merge_seeds(
+            stored.get('seeds', []) if same else [], results))
+    return update_json(path, merge)['seeds']
+
+
 def main(argv=None):
     args = parse_args(argv)
     generate_demo_mixture(Path(args.data_dir) / SETTING,
@@ -190,13 +202,13 @@ def main(argv=None):
             results.append(dict(seed=seed, joint=joint,
                                 **grow_seed(seed, args, progress)))
     out = Path(args.work_dir) / STUDY / 'results.json'
-    out.write_text(json.dumps(dict(
+    seeds = store_results(out, dict(
         max_iters=args.max_iters, grow_iters=args.grow_iters,
-        num_train=args.num_train, num_val=args.num_val, goals=GOALS,
-        seeds=results), indent=2))
-    print(f'\nResults ({len(args.seeds)} seeds, {args.num_val} val images '
-          f'per dataset, mean±std over seeds): {out}\n')
-    print(summarise(results, args))
+        num_train=args.num_train, num_val=args.num_val, goals=GOALS), results)
+    print(f'\nResults ({len(seeds)} seeds, this run\'s and those stored '
+          f'before; {args.num_val} val images per dataset, mean±std over '
+          f'seeds): {out}\n')
+    print(summarise(seeds, args))
 
 
 if __name__ == '__main__':

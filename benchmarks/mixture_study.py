@@ -422,30 +422,41 @@ def summarise(results):
     return '\n'.join(lines)
 
 
-def store_results(path, results):
-    """Merge ``results`` into the JSON file at ``path``, one run at a time.
+def merge_seeds(stored_runs, runs):
+    """``stored_runs`` with ``runs`` merged in by seed, sorted by seed; a
+    seed run again replaces its stored entry."""
+    new_seeds = {r['seed'] for r in runs}
+    kept = [r for r in stored_runs if r['seed'] not in new_seeds]
+    return sorted(kept + runs, key=lambda r: r['seed'])
 
-    Runs of earlier or concurrent invocations (other settings, models,
-    samplers or seeds) stay in the file; a run studied again replaces its
-    old entry. The lock and the atomic rename let several study processes,
-    e.g. one per model, share one results file.
+
+def update_json(path, update):
+    """Replace the JSON file at ``path`` by ``update(its content or {})``.
+
+    The lock and the atomic rename let several study processes, e.g. one
+    per model or seed, share one results file; returns what was written.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + '.lock'), 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        stored = json.loads(path.read_text()) if path.exists() else {}
-        for setting, by_run in results.items():
-            stored_runs = stored.setdefault(setting, {})
-            for key, runs in by_run.items():
-                new_seeds = {r['seed'] for r in runs}
-                kept = [r for r in stored_runs.get(key, [])
-                        if r['seed'] not in new_seeds]
-                stored_runs[key] = sorted(kept + runs,
-                                          key=lambda r: r['seed'])
+        stored = update(json.loads(path.read_text()) if path.exists() else {})
         partial = path.with_name(path.name + '.partial')
         partial.write_text(json.dumps(stored, indent=2))
         partial.replace(path)
     return stored
+
+
+def store_results(path, results):
+    """Merge ``results`` into the JSON file at ``path``, one run at a time:
+    runs of earlier or concurrent invocations (other settings, models,
+    samplers or seeds) stay in the file."""
+    def merge(stored):
+        for setting, by_run in results.items():
+            stored_runs = stored.setdefault(setting, {})
+            for key, runs in by_run.items():
+                stored_runs[key] = merge_seeds(stored_runs.get(key, []), runs)
+        return stored
+    return update_json(path, merge)
 
 
 def main(argv=None):
