@@ -3,8 +3,9 @@ DAMEX instead of training on all four from scratch.
 
 For every seed:
 
-1. joint: DAMEX trained on all four demo datasets from scratch for
-   --max-iters iterations; the mixture study's own ``damex_paper`` run
+1. joint: the DAMEX that grow_damex_demo_base.py inherits (JOINT_MODEL)
+   trained on all four demo datasets from scratch for --max-iters
+   iterations; the mixture study's own run of it
    (benchmarks/mixture_study.py, reused when it already ran with the same
    parameters);
 2. before: DAMEX on photo, sketch and aerial (configs/demo/
@@ -38,14 +39,16 @@ from damex_mmdet.datasets.demo import generate_demo_mixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mixture_study import (DEFAULT_NUM_VAL, NAMES, REPO, final_metrics,  # noqa: E402,E501
-                           mean_std, merge_seeds, run, train,
-                           update_json)
+                           mean_std, merge_seeds, resolved_digest, run,
+                           train, update_json)
 
 SETTING = 'default'  # the four demo datasets; its data serve every run
 STUDY = 'grow'  # the folder of this study's runs under --work-dir
 BASE_CONFIG = REPO / 'configs/demo/grow_damex_demo_base.py'
 GROWN_CONFIG = REPO / 'configs/demo/grow_damex_demo_add_scan.py'
 OLD, NEW = NAMES[:3], NAMES[3]
+# The mixture study's model that BASE_CONFIG inherits.
+JOINT_MODEL = 'damex'
 GOALS = dict(old_ap_drop=0.01, new_ap_gap=0.02, iteration_share=0.3,
              old_routing=0.95)
 
@@ -197,14 +200,18 @@ def main(argv=None):
     results = []
     with tqdm(args.seeds, desc='growth study seeds', unit='seed') as progress:
         for seed in progress:
-            joint = run(SETTING, 'damex_paper', 'proportional', seed, args,
+            joint = run(SETTING, JOINT_MODEL, 'proportional', seed, args,
                         progress)
             results.append(dict(seed=seed, joint=joint,
                                 **grow_seed(seed, args, progress)))
     out = Path(args.work_dir) / STUDY / 'results.json'
+    # The configs' digests keep seeds grown by an edited recipe out.
     seeds = store_results(out, dict(
         max_iters=args.max_iters, grow_iters=args.grow_iters,
-        num_train=args.num_train, num_val=args.num_val, goals=GOALS), results)
+        num_train=args.num_train, num_val=args.num_val, goals=GOALS,
+        joint_model=JOINT_MODEL, configs={
+            config.name: resolved_digest(f"_base_ = '{config}'\n")
+            for config in (BASE_CONFIG, GROWN_CONFIG)}), results)
     print(f'\nResults ({len(seeds)} seeds, this run\'s and those stored '
           f'before; {args.num_val} val images per dataset, mean±std over '
           f'seeds): {out}\n')

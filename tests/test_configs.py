@@ -111,6 +111,9 @@ def test_recommended_demo_damex_is_the_papers_plus_a_shared_expert():
     model = MODELS.build(Config.fromfile(
         str(REPO_ROOT / 'configs' / 'demo' / 'damex_demo.py')).model)
     assert all(moe.shared is not None for _, moe in model.named_moe_layers())
-    # The baselines and the growth recipe stay the paper's DAMEX.
-    for name in ('moe_demo', 'moe_paper_demo', 'grow_damex_demo_base'):
+    # The baselines stay without one; the growth recipe grows the
+    # recommended model.
+    for name in ('moe_demo', 'moe_paper_demo'):
         assert 'shared_expert' not in resolved(name)['model'].get('moe_cfg', {})
+    assert resolved('grow_damex_demo_base')['model']['moe_cfg'] == dict(
+        shared_expert=True)

@@ -7,9 +7,10 @@
 #   python tools/train.py configs/demo/grow_damex_demo_add_scan.py
 # scan's class gets unified label 10 after the old 10 classes, expert 3 is
 # added to every MoE layer (a copy of the old expert scan's images route to
-# most), the old experts and their gate rows stay frozen, the features the old
-# heads read (backbone, neck, encoder) train at a tenth of the rate, and
-# training replays the old datasets.
+# most), the old experts and their gate rows stay frozen, everything else
+# (the shared expert included) trains at the full rate, and training replays
+# the old datasets. benchmarks/README.md#growing-a-trained-model measures it
+# against joint training and the recipes it replaced.
 _base_ = './grow_damex_demo_base.py'
 
 data_root = 'data/demo_mixture/'
@@ -52,15 +53,9 @@ param_scheduler = [
     dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
          milestones=[int(max_iters * 0.8)], gamma=0.1)
 ]
-# The old classes' heads were trained on these features: moving them at the
-# full rate is what makes the old datasets forget.
-optim_wrapper = dict(
-    optimizer=dict(lr=1e-4),
-    paramwise_cfg=dict(custom_keys={
-        'backbone': dict(lr_mult=0.1),
-        'neck': dict(lr_mult=0.1),
-        'encoder': dict(lr_mult=0.1)
-    }))
+# With the shared expert (grow_damex_demo_base.py), slowing the trunk only
+# slowed the new dataset: the old datasets held at the full rate.
+optim_wrapper = dict(optimizer=dict(lr=1e-4))
 default_hooks = dict(checkpoint=dict(interval=max_iters))
 custom_hooks = [
     dict(type='MixtureCheckHook'),

@@ -1,10 +1,10 @@
-# The paper's demo DAMEX (damex_paper_demo.py, as measured in
-# benchmarks/README.md#growing-a-trained-model) trained on three of the four
-# demo datasets (photo, sketch, aerial), one expert each: the model that
-# grow_damex_demo_add_scan.py grows with the fourth dataset, scan. Train it
-# like any config:
+# The recommended demo DAMEX (damex_demo.py: the paper's plus a shared
+# expert; benchmarks/README.md#growing-a-trained-model) trained on three of
+# the four demo datasets (photo, sketch, aerial), one expert each: the model
+# that grow_damex_demo_add_scan.py grows with the fourth dataset, scan. Train
+# it like any config:
 #   python tools/train.py configs/demo/grow_damex_demo_base.py
-_base_ = './damex_paper_demo.py'
+_base_ = './damex_demo.py'
 
 data_root = 'data/demo_mixture/'
 dataset_names = ['photo', 'sketch', 'aerial']

@@ -26,6 +26,10 @@ model = dict(
     moe_layers=dict(encoder=[], decoder=[0, 2, 4]),
     routing_loss=dict(type='DAMEXLoss', loss_weight=0.1),
     dataset_to_expert=dataset_to_expert,
+    # The recommended DAMEX: a dense FFN that every token uses beside its
+    # dataset's expert (benchmarks/README.md#beating-dense-dino); it also
+    # keeps the old datasets when the model grows (grow_custom_mixture.py).
+    moe_cfg=dict(shared_expert=True),
     # Disjoint label blocks: pets (2) + cars (3 categories in its file).
     # MixtureCheckHook stops with the right number if this is wrong.
     bbox_head=dict(type='DatasetAwareDINOHead', num_classes=5))

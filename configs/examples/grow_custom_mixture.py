@@ -62,7 +62,8 @@ custom_hooks = [
     dict(type='RNGStateHook'),
     dict(type='StrictLoadHook',
          hint='Write load_from with tools/grow_checkpoint.py.'),
-    # lr_mult=0 freezes the old experts bit for bit; 0 < lr_mult < 1 trains
-    # them at that fraction of the learning rate instead.
-    dict(type='ExpertLrMultHook', experts=[0, 1], lr_mult=0.0)
+    # lr_mult=0 freezes the old experts and their gate rows bit for bit;
+    # 0 < lr_mult < 1 trains them at that fraction of the learning rate.
+    dict(type='ExpertLrMultHook', experts=[0, 1], lr_mult=0.0,
+         gate_rows=True)
 ]
