@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny generated mixture, the tiny DAMEX config and a
 checkpoint of it."""
 import copy
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,16 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str):
+    """The module of a script of the repository (tools/, benchmarks/),
+    which are not packages."""
+    path = REPO_ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 SHARED = REPO_ROOT.parent / 'shared'
 TINY_CONFIG = REPO_ROOT / 'configs' / 'tiny' / 'damex_tiny.py'
 

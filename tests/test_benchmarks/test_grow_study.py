@@ -1,22 +1,13 @@
 """The growth study script's bookkeeping (its training runs are the mixture
 study's and tools/grow_checkpoint.py's, tested there)."""
-import importlib.util
 import json
 
-from ..conftest import REPO_ROOT
-
-
-def load_grow_study():
-    spec = importlib.util.spec_from_file_location(
-        'grow_study', REPO_ROOT / 'benchmarks' / 'grow_study.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from ..conftest import load_script
 
 
 def test_seeds_of_separate_invocations_merge_unless_parameters_differ(
         tmp_path):
-    study = load_grow_study()
+    study = load_script('benchmarks/grow_study.py')
     path = tmp_path / 'results.json'
     parameters = dict(max_iters=500, grow_iters=150, num_train=None,
                       num_val=200, goals=study.GOALS)

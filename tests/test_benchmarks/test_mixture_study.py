@@ -1,6 +1,5 @@
 """The accuracy study script: end to end at smoke-test size, and its parts."""
 import filecmp
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,18 +12,9 @@ from mmengine.registry import PARAM_SCHEDULERS
 
 from damex_mmdet.datasets.demo import generate_demo_mixture
 
-from ..conftest import REPO_ROOT
+from ..conftest import REPO_ROOT, load_script
 
-
-def load_study():
-    spec = importlib.util.spec_from_file_location(
-        'mixture_study', REPO_ROOT / 'benchmarks' / 'mixture_study.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-study = load_study()
+study = load_script('benchmarks/mixture_study.py')
 
 
 def run_study(tmp_path, *extra_args):
