@@ -9,6 +9,8 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / 'shared'
+TINY_CONFIG = REPO_ROOT / 'configs' / 'tiny' / 'damex_tiny.py'
 
 
 def load_script(relative_path: str):
@@ -19,8 +21,6 @@ def load_script(relative_path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-SHARED = REPO_ROOT.parent / 'shared'
-TINY_CONFIG = REPO_ROOT / 'configs' / 'tiny' / 'damex_tiny.py'
 
 
 @pytest.fixture(scope='session')

@@ -1,11 +1,10 @@
 """The FLOP counter of benchmarks/training_flops.py charges MoE layers for
 what their tokens ran."""
-import importlib.util
 import sys
 
 import pytest
 
-from ..conftest import REPO_ROOT
+from ..conftest import REPO_ROOT, load_script
 
 DAMEX = str(REPO_ROOT / 'configs' / 'demo' / 'damex_paper_demo.py')
 SHARED = ['model.moe_cfg.shared_expert=True']
@@ -14,11 +13,7 @@ SHARED = ['model.moe_cfg.shared_expert=True']
 @pytest.fixture(scope='module')
 def flops_tool():
     sys.path.insert(0, str(REPO_ROOT / 'benchmarks'))
-    spec = importlib.util.spec_from_file_location(
-        'training_flops', REPO_ROOT / 'benchmarks' / 'training_flops.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
+    yield load_script('benchmarks/training_flops.py')
     sys.path.remove(str(REPO_ROOT / 'benchmarks'))
 
 

@@ -1,8 +1,6 @@
 """Upcycling a dense DINO into DAMEX reproduces the dense model at step 0, or says why not."""
 import copy
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,10 +11,8 @@ from mmengine.registry import init_default_scope
 from damex_mmdet.models import upcycle_dense_state_dict
 from damex_mmdet.models.upcycle import upcycling_mismatches
 
-from ..conftest import TINY_CONFIG
+from ..conftest import TINY_CONFIG, load_script
 from .test_damex import make_batch
-
-TOOL = Path(__file__).resolve().parents[2] / 'tools' / 'upcycle_checkpoint.py'
 
 
 @pytest.fixture(scope='module')
@@ -55,13 +51,6 @@ def assert_same_predictions(result, expected):
         for key in ('bboxes', 'scores', 'labels'):
             torch.testing.assert_close(got.pred_instances[key], want.pred_instances[key],
                                        rtol=0, atol=1e-5, msg=key)
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location('upcycle_tool', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_default_top1_config_is_refused_with_the_fix(model_cfg):
@@ -112,7 +101,7 @@ def test_tool_writes_a_checkpoint_that_predicts_like_the_dense_one(
     dense = dense_from(model_cfg)
     dense_path, out = tmp_path / 'dino.pth', tmp_path / 'damex.pth'
     torch.save(dict(state_dict=dense.state_dict(), meta=dict()), dense_path)
-    tool = load_tool()
+    tool = load_script('tools/upcycle_checkpoint.py')
 
     monkeypatch.setattr(sys, 'argv', ['upcycle', str(TINY_CONFIG), str(dense_path), str(out)])
     with pytest.raises(SystemExit, match='normalize_weights=True'):

@@ -1,7 +1,6 @@
 """Growing a trained DAMEX with a new dataset: tools/grow_checkpoint.py,
 damex_mmdet/models/grow.py and the hooks that train the grown model."""
 import copy
-import importlib.util
 from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,8 +23,8 @@ from damex_mmdet.models import (GrowError, MoEFFN, check_grown_expert_map,
                                 check_new_dataset_names,
                                 source_experts_from_counts)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TOOL = REPO_ROOT / 'tools' / 'grow_checkpoint.py'
+from ..conftest import REPO_ROOT, load_script
+
 OLD_NAMES = ['photo', 'sketch', 'aerial', 'scan']
 OLD_CLASSES = 11
 OLD_EXPERTS = 4
@@ -33,10 +32,7 @@ OLD_EXPERTS = 4
 
 @pytest.fixture(scope='module')
 def tool():
-    spec = importlib.util.spec_from_file_location('grow_tool', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('tools/grow_checkpoint.py')
 
 
 def grow_config(base: Path, root: Path, out: Path, new: dict,
@@ -115,6 +111,20 @@ def head_outputs(model, batch, oracle: bool):
     return scores, boxes, choices
 
 
+def assert_old_part_predicts_as_before(old_model, new_model, batch,
+                                       oracle: bool):
+    old_scores, old_boxes, old_choices = head_outputs(old_model, batch, oracle)
+    new_scores, new_boxes, new_choices = head_outputs(new_model, batch, oracle)
+    assert new_scores.shape[-1] == OLD_CLASSES + 1
+    assert torch.equal(new_boxes, old_boxes)
+    for old, new in zip(old_choices, new_choices):
+        assert torch.equal(old, new)
+    # The 12-row classification layer runs another BLAS kernel than the
+    # 11-row one: the same logits up to their last bits (2 ulp at 4.6).
+    torch.testing.assert_close(new_scores[..., :OLD_CLASSES], old_scores,
+                               rtol=0, atol=2e-6)
+
+
 def test_grown_model_keeps_old_predictions_at_step_zero(grown):
     """Where the MoE output does not depend on the softmax mass (renormalised
     top-1 weights), the old part of the grown model is the old model."""
@@ -124,18 +134,7 @@ def test_grown_model_keeps_old_predictions_at_step_zero(grown):
     new_model, new_cfg, _ = build(new_config, out, **renormalised)
     batch = old_val_batch(new_cfg)
     for oracle in (False, True):
-        old_scores, old_boxes, old_choices = head_outputs(old_model, batch,
-                                                          oracle)
-        new_scores, new_boxes, new_choices = head_outputs(new_model, batch,
-                                                          oracle)
-        assert new_scores.shape[-1] == OLD_CLASSES + 1
-        assert torch.equal(new_boxes, old_boxes)
-        for old, new in zip(old_choices, new_choices):
-            assert torch.equal(old, new)
-        # The 12-row classification layer runs another BLAS kernel than the
-        # 11-row one: the same logits up to their last bits (2 ulp at 4.6).
-        torch.testing.assert_close(new_scores[..., :OLD_CLASSES], old_scores,
-                                   rtol=0, atol=2e-6)
+        assert_old_part_predicts_as_before(old_model, new_model, batch, oracle)
 
 
 def test_default_weights_keep_first_choices_scaled_by_the_new_share(grown):
@@ -347,7 +346,6 @@ def test_lr_mult_is_a_smaller_adamw_step():
         ExpertLrMultHook(experts=[3]).expert_parameters(model)
 
 
-
 def test_a_model_with_a_shared_expert_grows_exactly(tool, tiny_checkpoint,
                                                      tiny_mixture, tmp_path):
     """The recommended DAMEX (shared expert) grows like the paper's: the
@@ -380,13 +378,9 @@ def test_a_model_with_a_shared_expert_grows_exactly(tool, tiny_checkpoint,
     shared_keys = [k for k in old_state if '.shared.' in k]
     assert shared_keys
     assert all(torch.equal(old_state[k], new_state[k]) for k in shared_keys)
-    batch = old_val_batch(new_cfg)
-    old_scores, old_boxes, old_choices = head_outputs(old_model, batch, False)
-    new_scores, new_boxes, new_choices = head_outputs(new_model, batch, False)
-    assert torch.equal(new_boxes, old_boxes)
-    assert all(torch.equal(o, n) for o, n in zip(old_choices, new_choices))
-    torch.testing.assert_close(new_scores[..., :OLD_CLASSES], old_scores,
-                               rtol=0, atol=2e-6)
+    assert_old_part_predicts_as_before(old_model, new_model,
+                                       old_val_batch(new_cfg), oracle=False)
+
 
 def test_load_from_the_ungrown_checkpoint_stops(grown, tmp_path):
     _, old_ckpt, new_config, _, _ = grown
@@ -445,10 +439,7 @@ def test_inference_names_the_new_classes(grown, tiny_mixture, tmp_path,
                                device='cpu', show_progress=False)
     assert list(inferencer.visualizer.dataset_meta['classes']) == stored
 
-    spec = importlib.util.spec_from_file_location(
-        'infer_tool', REPO_ROOT / 'tools' / 'infer.py')
-    infer_tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(infer_tool)
+    infer_tool = load_script('tools/infer.py')
     restricted = infer_tool.infer(
         image, str(new_config), str(grown_ckpt), str(tmp_path / 'out'),
         dataset='xray', score_thr=0, device='cpu', progress=False)

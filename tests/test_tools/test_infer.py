@@ -1,5 +1,4 @@
 """tools/infer.py on real photos with a tiny trained DAMEX checkpoint."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from mmdet.apis import DetInferencer, inference_detector, init_detector
 from mmdet.registry import DATASETS
 from mmengine.config import Config
 
-from ..conftest import TINY_CONFIG, point_at_mixture
+from ..conftest import TINY_CONFIG, load_script, point_at_mixture
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOL = REPO_ROOT / 'tools' / 'infer.py'
@@ -26,10 +25,7 @@ needs_realdata = pytest.mark.skipif(
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location('infer_tool', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('tools/infer.py')
 
 
 @pytest.fixture(scope='module')
