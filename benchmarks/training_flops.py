@@ -1,8 +1,9 @@
 """Training FLOPs of detectors relative to the first one, counted, not estimated.
 
 Each model is built from its config (plus optional overrides) and runs one
-training step (loss forward and backward, no optimizer) on the same batch of
-8 images at 128 px (bench_detector's demo batch) under torch's
+training step (loss forward and backward, no optimizer) on the same batch
+(bench_detector's: ``--size demo``, 8 images at 128 px; ``--size uodb``, 2
+images at 800 x 1333, the scale of the UODB configs) under torch's
 ``FlopCounterMode``, which counts the matrix multiplications and convolutions
 as they run. An MoE layer is therefore charged for what its tokens did: with
 top-1 dropless routing each token runs exactly one expert, whatever the gate
@@ -18,6 +19,8 @@ Usage:
         --model configs/demo/damex_paper_demo.py model.moe_cfg.shared_expert=True \\
             model.moe_cfg.shared_feedforward_channels=256 \\
             model.moe_cfg.expert_feedforward_channels=256
+    python benchmarks/training_flops.py --size uodb \
+        --model configs/dino_udb.py --model configs/damex_udb.py
 """
 import argparse
 import sys
@@ -32,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import damex_mmdet  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_detector import make_batch  # noqa: E402
+from bench_detector import SIZES, make_batch  # noqa: E402
 
 TOLERANCE = 0.05
 
@@ -43,6 +46,9 @@ def parse_args(argv=None):
                         metavar=('CONFIG', 'KEY=VALUE'),
                         help='a config and its overrides; the first --model '
                         'is the reference')
+    parser.add_argument('--size', choices=sorted(SIZES), default='demo',
+                        help='the batch: demo (8 x 128 px) or uodb '
+                        '(2 x 800 x 1333)')
     return parser.parse_args(argv)
 
 
@@ -59,9 +65,10 @@ def build(config: str, options) -> torch.nn.Module:
     return model
 
 
-def training_flops(model: torch.nn.Module) -> int:
-    """FLOPs of one training forward and backward on the demo batch."""
-    inputs, samples = make_batch('demo', 'cpu')
+def training_flops(model: torch.nn.Module, size: str = 'demo') -> int:
+    """FLOPs of one training forward and backward on bench_detector's
+    ``size`` batch."""
+    inputs, samples = make_batch(size, 'cpu')
     model.train()
     with FlopCounterMode(display=False) as counter:
         data = model.data_preprocessor(
@@ -76,7 +83,7 @@ def main(argv=None):
     torch.manual_seed(0)
     rows = []
     for config, *options in args.model:
-        flops = training_flops(build(config, options))
+        flops = training_flops(build(config, options), args.size)
         rows.append((' '.join([Path(config).name, *options]), flops))
     reference = rows[0][1]
     print(f'| model | GFLOPs per training step | ratio to the first | '

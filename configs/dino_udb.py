@@ -1,5 +1,6 @@
 # Dense DINO (ResNet-50, 4 scales, 900 queries) on the 11 UODB datasets: the
-# baseline of DAMEX. damex_udb.py and moe_udb.py change only the model.
+# baseline of DAMEX. damex_udb.py, damex_paper_udb.py and moe_udb.py change
+# only the model.
 _base_ = [
     'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
     './_base_/datasets/uodb.py'

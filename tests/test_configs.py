@@ -22,6 +22,7 @@ def mmdet_scope():
     ('dino_udb', 'DINO', None),
     ('moe_udb', 'DAMEX', 'LoadImportanceLoss'),
     ('damex_udb', 'DAMEX', 'DAMEXLoss'),
+    ('damex_paper_udb', 'DAMEX', 'DAMEXLoss'),
 ])
 def test_uodb_recipe(name, model_type, loss):
     cfg = Config.fromfile(str(REPO_ROOT / 'configs' / f'{name}.py'))
@@ -45,7 +46,12 @@ def test_uodb_recipe(name, model_type, loss):
         assert cfg.model.routing_loss.loss_weight == 0.1
         assert cfg.model.routing_loss_queries == 'matched'
         assert cfg.model.moe_cfg.gate_noise_std == 1 / 8
-    if name == 'damex_udb':
+    if loss:
+        # The recommended DAMEX adds a shared expert; the paper's and the
+        # reference's vanilla MoE have none.
+        shared = cfg.model.get('moe_cfg', {}).get('shared_expert', False)
+        assert shared == (name == 'damex_udb')
+    if name in ('damex_udb', 'damex_paper_udb'):
         experts = cfg.model.dataset_to_expert
         assert experts.voc07 == experts.voc12 == experts.comic == experts.coco
         assert experts.kitti == experts.lisa
