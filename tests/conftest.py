@@ -10,6 +10,8 @@ from mmengine.runner import Runner
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / 'shared'
+# Real photos with their original annotation files (CI has shared/ too).
+REALDATA = SHARED / 'realdata'
 TINY_CONFIG = REPO_ROOT / 'configs' / 'tiny' / 'damex_tiny.py'
 
 

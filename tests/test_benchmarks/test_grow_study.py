@@ -1,5 +1,6 @@
 """The growth study script's bookkeeping (its training runs are the mixture
 study's and tools/grow_checkpoint.py's, tested there)."""
+import ast
 import json
 
 from ..conftest import load_script
@@ -19,3 +20,16 @@ def test_seeds_of_separate_invocations_merge_unless_parameters_differ(
     shorter = dict(parameters, grow_iters=100)
     assert study.store_results(path, shorter, [dict(seed=0, grown=0.3)]) == [
         dict(seed=0, grown=0.3)]
+
+
+def test_joint_run_trains_the_model_the_grown_one_starts_from():
+    """The joint baseline must be the mixture study's model that
+    grow_damex_demo_base.py inherits, or the table compares two models."""
+    study = load_script('benchmarks/grow_study.py')
+    tree = ast.parse(study.BASE_CONFIG.read_text())
+    base, = [ast.literal_eval(node.value) for node in tree.body
+             if isinstance(node, ast.Assign)
+             and [t.id for t in node.targets] == ['_base_']]
+    mixture_study = load_script('benchmarks/mixture_study.py')
+    joint_config = study.REPO / mixture_study.CONFIGS[study.JOINT_MODEL]
+    assert (study.BASE_CONFIG.parent / base).resolve() == joint_config

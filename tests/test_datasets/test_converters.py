@@ -20,9 +20,8 @@ from damex_mmdet.datasets.converters import (DOTA_CLASSES, LISA_CLASSES, VOC_STY
                                              voc_to_coco, widerface_to_coco, write_coco_json)
 from damex_mmdet.datasets.converters.coco_builder import read_image_size
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / 'shared'
-REALDATA = SHARED / 'realdata'
+from ..conftest import REALDATA, REPO_ROOT
+
 needs_realdata = pytest.mark.skipif(
     not REALDATA.is_dir(),
     reason=f'{REALDATA} not found: the real annotation samples live in shared/ beside the repo')
@@ -552,7 +551,7 @@ def test_validate_and_atomic_write(tmp_path):
 
 # --- command-line wrappers ----------------------------------------------------------------
 
-CLI_DIR = REPO / 'tools' / 'dataset_converters'
+CLI_DIR = REPO_ROOT / 'tools' / 'dataset_converters'
 CLI_SCRIPTS = ('voc2coco', 'kitti2coco', 'widerface2coco', 'lisa2coco', 'dota2coco',
                'deeplesion2coco', 'dlib2coco')
 
@@ -577,7 +576,7 @@ def test_voc_cli_from_repo_root(voc_root, tmp_path, monkeypatch, capsys):
     result = subprocess.run(
         [sys.executable, 'tools/dataset_converters/voc2coco.py', str(voc_root), '--split',
          'train', '--skip-unknown', '--out', str(out_file)],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert 'images: 2' in result.stdout and '1 x annotation file missing' in result.stdout
     assert len(json.loads(out_file.read_text())['annotations']) == 4

@@ -11,8 +11,8 @@ from mmengine.config import Config
 from damex_mmdet.analysis import RoutingAnalysisError, analyze_routing
 from damex_mmdet.visualization import RoutingStatistics, plot_routing_heatmaps
 
+from ..conftest import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOL = REPO_ROOT / 'tools' / 'analysis_tools' / 'analyze_routing.py'
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 LAYERS = ['decoder.layers.0.ffn', 'decoder.layers.2.ffn']

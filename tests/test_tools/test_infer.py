@@ -11,11 +11,9 @@ from mmdet.apis import DetInferencer, inference_detector, init_detector
 from mmdet.registry import DATASETS
 from mmengine.config import Config
 
-from ..conftest import TINY_CONFIG, load_script, point_at_mixture
+from ..conftest import REALDATA, REPO_ROOT, TINY_CONFIG, load_script, point_at_mixture
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOL = REPO_ROOT / 'tools' / 'infer.py'
-REALDATA = Path(__file__).resolve().parents[2].parent / 'shared' / 'realdata'
 FACE = REALDATA / 'faces' / '2008_001009.jpg'
 TERRAIN = REALDATA / 'terrain'
 
