@@ -24,7 +24,11 @@ Usage:
     python benchmarks/grow_study.py [--seeds 0 1] [--max-iters 500]
         [--grow-iters 150] [--num-val 200]
         [--num-train N]   # smoke runs on smaller mixtures
-Results: work_dirs/study/grow/results.json and a markdown table on stdout.
+        [--tag NAME --cfg-options KEY=VALUE ...]   # a variant of the grown
+        # run's training, e.g. --tag rows --cfg-options
+        # custom_hooks.4.gate_rows=False (joint, before and step 0 are shared)
+Results: work_dirs/study/grow/results.json (a variant's: results_NAME.json)
+and a markdown table on stdout.
 """
 import argparse
 import json
@@ -67,10 +71,23 @@ def parse_args(argv=None):
                         help='validation images per dataset')
     parser.add_argument('--work-dir', default='work_dirs/study')
     parser.add_argument('--data-dir', default='data/study')
+    parser.add_argument('--tag', dest='variant', default='',
+                        help='name of a variant of the grown run; its runs '
+                        'and results are kept apart')
+    parser.add_argument('--cfg-options', dest='variant_options', nargs='+',
+                        default=[], metavar='KEY=VALUE',
+                        help='config overrides of the variant\'s grown run, '
+                        'passed to tools/train.py')
     args = parser.parse_args(argv)
-    # What mixture_study.run expects of a plain, untagged study.
+    if args.variant_options and not args.variant:
+        parser.error('--cfg-options needs a --tag to keep its runs apart')
+    # The joint run is the mixture study's plain, untagged one.
     args.tag, args.cfg_options = '', []
     return args
+
+
+def variant_suffix(args) -> str:
+    return f'_{args.variant}' if args.variant else ''
 
 
 def run_config(base: Path, names, data_root: Path, seed: int,
@@ -138,8 +155,9 @@ def grow_seed(seed: int, args, progress) -> dict:
                 subprocess.run([sys.executable, str(REPO / 'tools' / tool),
                                 *tool_args], stdout=out,
                                stderr=subprocess.STDOUT, check=True)
-    grown_dir = train(STUDY, f'grown_seed{seed}', grown_text, args, progress,
-                      finished, schedule)
+    grown_dir = train(STUDY, f'grown{variant_suffix(args)}_seed{seed}',
+                      grown_text, args, progress, finished,
+                      schedule + args.variant_options)
     return dict(before=final_metrics(base_dir),
                 step0=test_metrics(step0_dir),
                 grown=final_metrics(grown_dir))
@@ -204,12 +222,12 @@ def main(argv=None):
                         progress)
             results.append(dict(seed=seed, joint=joint,
                                 **grow_seed(seed, args, progress)))
-    out = Path(args.work_dir) / STUDY / 'results.json'
+    out = Path(args.work_dir) / STUDY / f'results{variant_suffix(args)}.json'
     # The configs' digests keep seeds grown by an edited recipe out.
     seeds = store_results(out, dict(
         max_iters=args.max_iters, grow_iters=args.grow_iters,
         num_train=args.num_train, num_val=args.num_val, goals=GOALS,
-        joint_model=JOINT_MODEL, configs={
+        joint_model=JOINT_MODEL, cfg_options=args.variant_options, configs={
             config.name: resolved_digest(f"_base_ = '{config}'\n")
             for config in (BASE_CONFIG, GROWN_CONFIG)}), results)
     print(f'\nResults ({len(seeds)} seeds, this run\'s and those stored '

@@ -3,6 +3,8 @@ study's and tools/grow_checkpoint.py's, tested there)."""
 import ast
 import json
 
+import pytest
+
 from ..conftest import load_script
 
 
@@ -33,3 +35,14 @@ def test_joint_run_trains_the_model_the_grown_one_starts_from():
     mixture_study = load_script('benchmarks/mixture_study.py')
     joint_config = study.REPO / mixture_study.CONFIGS[study.JOINT_MODEL]
     assert (study.BASE_CONFIG.parent / base).resolve() == joint_config
+
+
+def test_a_variant_needs_a_tag_and_leaves_the_joint_run_untagged():
+    study = load_script('benchmarks/grow_study.py')
+    with pytest.raises(SystemExit):
+        study.parse_args(['--cfg-options', 'optim_wrapper.optimizer.lr=1e-4'])
+    args = study.parse_args(['--tag', 'slow', '--cfg-options',
+                             'optim_wrapper.optimizer.lr=1e-4'])
+    assert study.variant_suffix(args) == '_slow'
+    assert args.variant_options == ['optim_wrapper.optimizer.lr=1e-4']
+    assert (args.tag, args.cfg_options) == ('', [])
