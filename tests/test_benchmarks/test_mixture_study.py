@@ -139,6 +139,16 @@ def test_summary_picks_each_models_best_sampler_and_pairs_seeds():
     # Paired by seed: 0.49 - 0.47 (seed 1) and 0.53 - 0.45 (seed 0).
     assert '+0.020 (seed 1) / +0.080 (seed 0)' in row
     assert f'0.050±{np.std([0.02, 0.08], ddof=1):.3f}' in row
+    # Student's t with 1 degree of freedom: 12.706 x 0.0424 / sqrt(2).
+    assert '[-0.331, +0.431]' in row
+
+
+def test_paired_interval_narrows_with_seeds():
+    assert study.paired_interval([0.01]) == 'n/a'
+    # Mean 0.02, std 0.01: t(0.975, 4) = 2.776 over 5 seeds, 12.706 over 2.
+    assert study.paired_interval([0.01, 0.02, 0.03, 0.01, 0.03]) == (
+        '[+0.008, +0.032]')
+    assert study.paired_interval([0.01, 0.03]) == '[-0.107, +0.147]'
 
 
 def test_each_dense_fraction_is_a_model_of_its_own():
