@@ -121,6 +121,17 @@ def test_metrics(work_dir: Path):
     return None
 
 
+def is_stale(init: Path, base_checkpoint: Path, grown_config: Path,
+             grown_text: str) -> bool:
+    """Whether the grown checkpoint ``init`` must be made again: it is
+    missing, older than the checkpoint it grows, or was grown for another
+    config than ``grown_text``. Every variant trains from the same one."""
+    return (not init.is_file()
+            or init.stat().st_mtime < base_checkpoint.stat().st_mtime
+            or not grown_config.is_file()
+            or grown_config.read_text() != grown_text)
+
+
 def grow_seed(seed: int, args, progress) -> dict:
     """Train before, grow, evaluate step 0, train grown; their metrics."""
     data_root = Path(args.data_dir) / SETTING
@@ -138,16 +149,17 @@ def grow_seed(seed: int, args, progress) -> dict:
     # The config's final learning-rate step, at 80% of --grow-iters.
     schedule = [f'param_scheduler.1.end={args.grow_iters}',
                 f'param_scheduler.1.milestones=[{int(0.8 * args.grow_iters)}]']
-    grown_dir = study_dir / f'grown_seed{seed}'
+    base_checkpoint = base_dir / f'iter_{args.max_iters}.pth'
     step0_dir = study_dir / f'grown_seed{seed}_step0'
-    if not finished(grown_dir) or test_metrics(step0_dir) is None:
-        grown_config = study_dir / f'grown_seed{seed}_grow.py'
+    grown_config = study_dir / f'grown_seed{seed}_grow.py'
+    if (is_stale(init, base_checkpoint, grown_config, grown_text)
+            or test_metrics(step0_dir) is None):
         grown_config.write_text(grown_text)
         progress.write(f'growing {base_dir} with {NEW} -> {init}')
         for tool, tool_args, log in (
                 ('grow_checkpoint.py',
                  [str(study_dir / f'before_seed{seed}.py'),
-                  str(base_dir / f'iter_{args.max_iters}.pth'),
+                  str(base_checkpoint),
                   str(grown_config), str(init), '--force'], 'grow'),
                 ('test.py', [str(grown_config), str(init), '--work-dir',
                              str(step0_dir)], 'step0')):

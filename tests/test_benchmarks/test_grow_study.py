@@ -2,6 +2,7 @@
 study's and tools/grow_checkpoint.py's, tested there)."""
 import ast
 import json
+import os
 
 import pytest
 
@@ -46,3 +47,18 @@ def test_a_variant_needs_a_tag_and_leaves_the_joint_run_untagged():
     assert study.variant_suffix(args) == '_slow'
     assert args.variant_options == ['optim_wrapper.optimizer.lr=1e-4']
     assert (args.tag, args.cfg_options) == ('', [])
+
+
+def test_the_grown_checkpoint_is_made_again_only_when_stale(tmp_path):
+    study = load_script('benchmarks/grow_study.py')
+    init, base = tmp_path / 'init.pth', tmp_path / 'iter_500.pth'
+    config = tmp_path / 'grow.py'
+    base.write_bytes(b'before')
+    assert study.is_stale(init, base, config, 'recipe')
+    init.write_bytes(b'grown')
+    config.write_text('recipe')
+    assert not study.is_stale(init, base, config, 'recipe')
+    assert study.is_stale(init, base, config, 'edited recipe')
+    # The model before growing was trained again after this growth.
+    os.utime(init, (base.stat().st_mtime - 10,) * 2)
+    assert study.is_stale(init, base, config, 'recipe')
