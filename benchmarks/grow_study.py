@@ -31,6 +31,7 @@ Results: work_dirs/study/grow/results.json (a variant's: results_NAME.json)
 and a markdown table on stdout.
 """
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -121,15 +122,33 @@ def test_metrics(work_dir: Path):
     return None
 
 
-def is_stale(init: Path, base_checkpoint: Path, grown_config: Path,
-             grown_text: str) -> bool:
+def file_digest(path: Path) -> str:
+    """A digest of the file's content."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as file:
+        for block in iter(lambda: file.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def growth_stamp(base_checkpoint: Path, grown_text: str) -> str:
+    """A comment naming what the grown checkpoint is made of: the content of
+    the checkpoint before growing and the resolved grow config. It heads the
+    grow config and the grown runs' configs, so that a run grown from another
+    model or recipe is never taken for this one."""
+    if not base_checkpoint.is_file():
+        raise SystemExit(f'{base_checkpoint} is missing: delete its run folder '
+                         'to train the model before growing again.')
+    return (f'# grows {base_checkpoint.name} sha256={file_digest(base_checkpoint)}'
+            f' with resolved={resolved_digest(grown_text)}\n')
+
+
+def is_stale(init: Path, grown_config: Path, stamped_text: str) -> bool:
     """Whether the grown checkpoint ``init`` must be made again: it is
-    missing, older than the checkpoint it grows, or was grown for another
-    config than ``grown_text``. Every variant trains from the same one."""
-    return (not init.is_file()
-            or init.stat().st_mtime < base_checkpoint.stat().st_mtime
-            or not grown_config.is_file()
-            or grown_config.read_text() != grown_text)
+    missing (or its growth failed), or was grown from another model or
+    recipe than ``stamped_text`` (:func:`growth_stamp`) says."""
+    return (not init.is_file() or not grown_config.is_file()
+            or grown_config.read_text() != stamped_text)
 
 
 def grow_seed(seed: int, args, progress) -> dict:
@@ -150,10 +169,14 @@ def grow_seed(seed: int, args, progress) -> dict:
     schedule = [f'param_scheduler.1.end={args.grow_iters}',
                 f'param_scheduler.1.milestones=[{int(0.8 * args.grow_iters)}]']
     base_checkpoint = base_dir / f'iter_{args.max_iters}.pth'
+    grown_text = growth_stamp(base_checkpoint, grown_text) + grown_text
     step0_dir = study_dir / f'grown_seed{seed}_step0'
     grown_config = study_dir / f'grown_seed{seed}_grow.py'
-    if (is_stale(init, base_checkpoint, grown_config, grown_text)
-            or test_metrics(step0_dir) is None):
+    # Every variant trains from the same grown checkpoint.
+    if is_stale(init, grown_config, grown_text) or test_metrics(
+            step0_dir) is None:
+        # Without it a failed growth would leave the old one looking fresh.
+        init.unlink(missing_ok=True)
         grown_config.write_text(grown_text)
         progress.write(f'growing {base_dir} with {NEW} -> {init}')
         for tool, tool_args, log in (

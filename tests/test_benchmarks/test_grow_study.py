@@ -2,7 +2,6 @@
 study's and tools/grow_checkpoint.py's, tested there)."""
 import ast
 import json
-import os
 
 import pytest
 
@@ -53,12 +52,19 @@ def test_the_grown_checkpoint_is_made_again_only_when_stale(tmp_path):
     study = load_script('benchmarks/grow_study.py')
     init, base = tmp_path / 'init.pth', tmp_path / 'iter_500.pth'
     config = tmp_path / 'grow.py'
+    recipe = "_base_ = []\nmax_iters = 150\n"
     base.write_bytes(b'before')
-    assert study.is_stale(init, base, config, 'recipe')
+    stamped = study.growth_stamp(base, recipe) + recipe
+    assert study.is_stale(init, config, stamped)
     init.write_bytes(b'grown')
-    config.write_text('recipe')
-    assert not study.is_stale(init, base, config, 'recipe')
-    assert study.is_stale(init, base, config, 'edited recipe')
-    # The model before growing was trained again after this growth.
-    os.utime(init, (base.stat().st_mtime - 10,) * 2)
-    assert study.is_stale(init, base, config, 'recipe')
+    assert study.is_stale(init, config, stamped)  # no config: never grown
+    config.write_text(stamped)
+    assert not study.is_stale(init, config, stamped)
+    # Another recipe, or the model before growing trained again.
+    edited = "_base_ = []\nmax_iters = 100\n"
+    assert study.is_stale(init, config, study.growth_stamp(base, edited) + edited)
+    base.write_bytes(b'retrained')
+    assert study.is_stale(init, config, study.growth_stamp(base, recipe) + recipe)
+    base.unlink()
+    with pytest.raises(SystemExit, match='iter_500.pth is missing'):
+        study.growth_stamp(base, recipe)
