@@ -8,6 +8,8 @@ round; each time is the median over the rounds. Sizes:
 - uodb: configs/{dino,damex}_udb.py (ResNet-50, 800x1333 px, 900 queries,
   batch 2, 167 classes; from scratch, no download).
 
+Both DAMEX configs are the recommended ones, with a shared expert.
+
 Peak memory is CUDA's max_memory_allocated on a GPU; on CPU each model is
 measured in a fresh subprocess as the peak growth of the resident set during
 one training step over the built model (sampled every millisecond). Parameters are also counted for the UODB

@@ -6,7 +6,8 @@
 #   2. bench_moe_layer.py --device cuda: E=8, top-1/top-2, 2k, 10k and 100k
 #      tokens, balanced and dataset-pure routing;
 #   3. bench_detector.py --device cuda at the UODB size (configs/dino_udb.py
-#      against configs/damex_udb.py: ResNet-50, 800x1333, batch 2);
+#      against configs/damex_udb.py, the recommended DAMEX with a shared
+#      expert: ResNet-50, 800x1333, batch 2);
 # then writes one markdown table of results and targets to OUTPUT.md (and
 # stdout); logs go next to it.
 #

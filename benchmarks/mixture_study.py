@@ -359,8 +359,8 @@ def mean_std(values):
 
 def paired_interval(differences, confidence=0.95):
     """The ``confidence`` interval of the mean of paired ``differences``
-    (Student's t, n - 1 degrees of freedom): a gain is shown when the whole
-    interval clears it. ``n/a`` for one seed."""
+    (Student's t, n - 1 degrees of freedom): a gain of g is shown when the
+    interval's lower end is at least g. ``n/a`` for one seed."""
     if len(differences) < 2:
         return 'n/a'
     half = (stats.t.ppf((1 + confidence) / 2, len(differences) - 1)

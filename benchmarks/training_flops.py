@@ -19,7 +19,7 @@ Usage:
         --model configs/demo/damex_paper_demo.py model.moe_cfg.shared_expert=True \\
             model.moe_cfg.shared_feedforward_channels=256 \\
             model.moe_cfg.expert_feedforward_channels=256
-    python benchmarks/training_flops.py --size uodb \
+    python benchmarks/training_flops.py --size uodb \\
         --model configs/dino_udb.py --model configs/damex_udb.py
 """
 import argparse

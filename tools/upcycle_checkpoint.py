@@ -4,7 +4,14 @@ Every expert of every MoE layer starts from the dense FFN at its place; gates
 start fresh. Use the result as ``load_from`` of a DAMEX config:
 
     python tools/upcycle_checkpoint.py configs/damex_udb.py dino.pth \
+        damex_init.pth
+    python tools/upcycle_checkpoint.py configs/damex_paper_udb.py dino.pth \
         damex_init.pth --cfg-options model.moe_cfg.normalize_weights=True
+
+With a shared expert (damex_udb.py) the shared expert starts as the dense FFN
+and the routed experts' outputs at zero, exact whatever the routing weights;
+without one (the paper's DAMEX) every expert starts as the dense FFN, and
+top-1 needs the routing weight renormalised to 1.
 
 CONFIG must be the config you train from the result: the tool refuses one
 with which the upcycled model would not predict what the dense model predicts
