@@ -2,6 +2,8 @@
 study's and tools/grow_checkpoint.py's, tested there)."""
 import ast
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -68,3 +70,47 @@ def test_the_grown_checkpoint_is_made_again_only_when_stale(tmp_path):
     base.unlink()
     with pytest.raises(SystemExit, match='iter_500.pth is missing'):
         study.growth_stamp(base, recipe)
+
+
+def test_a_variant_trains_its_own_run_from_the_shared_grown_checkpoint(
+        tmp_path, monkeypatch):
+    """grow_seed with the training and the tools replaced by stand-ins that
+    record what they were asked: the growth runs once, then each variant
+    trains its own run with the schedule plus its options."""
+    study = load_script('benchmarks/grow_study.py')
+    trained, tools = [], []
+
+    def train(setting, name, text, args, progress, finished, cfg_options):
+        trained.append((name, text, cfg_options))
+        work_dir = tmp_path / 'study' / setting / name
+        work_dir.mkdir(parents=True, exist_ok=True)
+        (work_dir / 'iter_500.pth').write_bytes(b'before')
+        return work_dir
+
+    def run_tool(command, **kwargs):
+        tools.append(Path(command[1]).name)
+        if Path(command[1]).name == 'grow_checkpoint.py':
+            Path(command[5]).write_bytes(b'grown')
+    monkeypatch.setattr(study, 'train', train)
+    monkeypatch.setattr(study.subprocess, 'run', run_tool)
+    monkeypatch.setattr(study, 'final_metrics', lambda work_dir: {})
+    monkeypatch.setattr(study, 'test_metrics', lambda work_dir: {})
+
+    def grow(*options):
+        args = study.parse_args(['--work-dir', str(tmp_path / 'study'),
+                                 *options])
+        study.grow_seed(0, args, SimpleNamespace(write=lambda text: None))
+    grow()
+    assert tools == ['grow_checkpoint.py', 'test.py']
+    grow('--tag', 'slow', '--cfg-options', 'optim_wrapper.optimizer.lr=1e-4')
+    assert tools == ['grow_checkpoint.py', 'test.py']  # not grown again
+    names = [name for name, _, _ in trained]
+    assert names == ['before_seed0', 'grown_seed0', 'before_seed0',
+                     'grown_slow_seed0']
+    schedule = ['param_scheduler.1.end=150',
+                'param_scheduler.1.milestones=[120]']
+    assert trained[1][2] == schedule
+    assert trained[3][2] == schedule + ['optim_wrapper.optimizer.lr=1e-4']
+    # Both grown runs' configs carry the stamp of what they grow from.
+    assert trained[1][1] == trained[3][1]
+    assert trained[1][1].startswith('# grows iter_500.pth sha256=')
