@@ -45,7 +45,7 @@ from damex_mmdet.datasets.demo import generate_demo_mixture
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mixture_study import (DEFAULT_NUM_VAL, NAMES, REPO, final_metrics,  # noqa: E402,E501
                            mean_std, merge_seeds, resolved_digest, run,
-                           train, update_json)
+                           train, update_json, variant_suffix)
 
 SETTING = 'default'  # the four demo datasets; its data serve every run
 STUDY = 'grow'  # the folder of this study's runs under --work-dir
@@ -85,10 +85,6 @@ def parse_args(argv=None):
     # The joint run is the mixture study's plain, untagged one.
     args.tag, args.cfg_options = '', []
     return args
-
-
-def variant_suffix(args) -> str:
-    return f'_{args.variant}' if args.variant else ''
 
 
 def run_config(base: Path, names, data_root: Path, seed: int,
@@ -137,10 +133,11 @@ def growth_stamp(base_checkpoint: Path, grown_text: str) -> str:
     grow config and the grown runs' configs, so that a run grown from another
     model or recipe is never taken for this one."""
     if not base_checkpoint.is_file():
-        raise SystemExit(f'{base_checkpoint} is missing: delete its run folder '
-                         'to train the model before growing again.')
-    return (f'# grows {base_checkpoint.name} sha256={file_digest(base_checkpoint)}'
-            f' with resolved={resolved_digest(grown_text)}\n')
+        raise SystemExit(f'{base_checkpoint} is missing: delete its run '
+                         'folder to train the model before growing again.')
+    return (f'# grows {base_checkpoint.name} '
+            f'sha256={file_digest(base_checkpoint)} '
+            f'with resolved={resolved_digest(grown_text)}\n')
 
 
 def is_stale(init: Path, grown_config: Path, stamped_text: str) -> bool:
@@ -190,8 +187,8 @@ def grow_seed(seed: int, args, progress) -> dict:
                 subprocess.run([sys.executable, str(REPO / 'tools' / tool),
                                 *tool_args], stdout=out,
                                stderr=subprocess.STDOUT, check=True)
-    grown_dir = train(STUDY, f'grown{variant_suffix(args)}_seed{seed}',
-                      grown_text, args, progress, finished,
+    grown_name = f'grown{variant_suffix(args.variant)}_seed{seed}'
+    grown_dir = train(STUDY, grown_name, grown_text, args, progress, finished,
                       schedule + args.variant_options)
     return dict(before=final_metrics(base_dir),
                 step0=test_metrics(step0_dir),
@@ -257,7 +254,8 @@ def main(argv=None):
                         progress)
             results.append(dict(seed=seed, joint=joint,
                                 **grow_seed(seed, args, progress)))
-    out = Path(args.work_dir) / STUDY / f'results{variant_suffix(args)}.json'
+    out = (Path(args.work_dir) / STUDY
+           / f'results{variant_suffix(args.variant)}.json')
     # The configs' digests keep seeds grown by an edited recipe out.
     seeds = store_results(out, dict(
         max_iters=args.max_iters, grow_iters=args.grow_iters,

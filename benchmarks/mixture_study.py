@@ -237,14 +237,15 @@ def final_metrics(work_dir: Path):
     return None
 
 
-def variant_suffix(args) -> str:
-    """What a variant's run and result file names carry after the model."""
-    return f'_{args.tag}' if args.tag else ''
+def variant_suffix(tag: str) -> str:
+    """What the run and result file names of the variant ``tag`` carry
+    (nothing for the plain study)."""
+    return f'_{tag}' if tag else ''
 
 
 def run_name(model: str, sampler: str, seed: int, args) -> str:
     sampler_suffix = '' if sampler == 'proportional' else f'_{sampler}'
-    return f'{model}{variant_suffix(args)}{sampler_suffix}_seed{seed}'
+    return f'{model}{variant_suffix(args.tag)}{sampler_suffix}_seed{seed}'
 
 
 def resolved_digest(text: str) -> str:
@@ -490,7 +491,7 @@ def main(argv=None):
             metrics = run(setting, model, sampler, seed, args, progress)
             results[setting][f'{model}/{sampler}'].append(
                 dict(metrics, seed=seed))
-    out = Path(args.work_dir) / f'results{variant_suffix(args)}.json'
+    out = Path(args.work_dir) / f'results{variant_suffix(args.tag)}.json'
     store_results(out, results)
     print(f'\nResults ({len(args.seeds)} seeds, {args.max_iters} iterations, '
           f'{args.num_val} val images per dataset, mean±std over seeds): '

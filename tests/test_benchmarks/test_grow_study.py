@@ -45,7 +45,7 @@ def test_a_variant_needs_a_tag_and_leaves_the_joint_run_untagged():
         study.parse_args(['--cfg-options', 'optim_wrapper.optimizer.lr=1e-4'])
     args = study.parse_args(['--tag', 'slow', '--cfg-options',
                              'optim_wrapper.optimizer.lr=1e-4'])
-    assert study.variant_suffix(args) == '_slow'
+    assert study.variant_suffix(args.variant) == '_slow'
     assert args.variant_options == ['optim_wrapper.optimizer.lr=1e-4']
     assert (args.tag, args.cfg_options) == ('', [])
 
