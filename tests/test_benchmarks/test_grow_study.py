@@ -114,3 +114,20 @@ def test_a_variant_trains_its_own_run_from_the_shared_grown_checkpoint(
     # Both grown runs' configs carry the stamp of what they grow from.
     assert trained[1][1] == trained[3][1]
     assert trained[1][1].startswith('# grows iter_500.pth sha256=')
+
+
+def test_goal_table_tells_a_routing_drop_from_a_low_start():
+    """Aerial routed 0.937 before growing at seed 0 of the study: the lowest
+    old routing alone cannot tell whether growing changed it."""
+    study = load_script('benchmarks/grow_study.py')
+
+    def metrics(ap, routing):
+        return {**{f'mixture/{n}/AP': ap for n in study.NAMES},
+                **{f'routing/{n}/acc': r
+                   for n, r in zip(study.OLD, routing)}}
+    result = dict(seed=0, joint=metrics(0.5, [1.0] * 3),
+                  before=metrics(0.5, [0.99, 0.97, 0.93]), step0=None,
+                  grown=metrics(0.5, [0.96, 0.97, 0.93]))
+    args = SimpleNamespace(max_iters=500, grow_iters=150)
+    row = study.summarise([result], args).splitlines()[-1]
+    assert row == '| 0 | +0.000 | +0.000 | 0.30 | 0.930 | +0.030 |'
