@@ -7,8 +7,9 @@
 #   python tools/train.py configs/demo/grow_damex_demo_add_scan.py
 # scan's class gets unified label 10 after the old 10 classes, expert 3 is
 # added to every MoE layer (a copy of the old expert scan's images route to
-# most), the old experts and their gate rows stay frozen, everything else
-# (the shared expert included) trains at the full rate, and training replays
+# most), the old experts and their gate rows stay frozen, the gate's new row
+# learns at half the rate and everything else (the shared expert included)
+# at the full rate, under a routing loss of weight 0.3, and training replays
 # the old datasets. benchmarks/README.md#growing-a-trained-model measures it
 # against joint training and the recipes it replaced.
 _base_ = './grow_damex_demo_base.py'
@@ -21,6 +22,9 @@ load_from = 'work_dirs/grow_damex_demo_base/grown_add_scan.pth'
 model = dict(
     num_experts=4,
     dataset_to_expert=dataset_to_expert,
+    # Three times the base model's weight: with the gate's new row at half
+    # the rate it is what still sends scan's tokens to scan's expert.
+    routing_loss=dict(loss_weight=0.3),
     bbox_head=dict(num_classes=11))  # the old 10 + scan 1
 train_dataloader = dict(
     # Three quarters of the images replay the old datasets, in the shares
@@ -55,8 +59,13 @@ param_scheduler = [
 ]
 # With the shared expert (grow_damex_demo_base.py), slowing the trunk only
 # slowed the new dataset: the old datasets held at the full rate, and at
-# twice 1e-4 scan came within 0.02 AP of joint training.
-optim_wrapper = dict(optimizer=dict(lr=2e-4))
+# twice 1e-4 scan came within 0.02 AP of joint training. The gate's rate is
+# what moves the old datasets' tokens: at the full rate its new row learns
+# to take some of photo's, at half of it the old routing holds. 'gate'
+# matches only the MoE layers' gate.weight in DINO's parameter names.
+optim_wrapper = dict(
+    optimizer=dict(lr=2e-4),
+    paramwise_cfg=dict(custom_keys=dict(gate=dict(lr_mult=0.5))))
 default_hooks = dict(checkpoint=dict(interval=max_iters))
 custom_hooks = [
     dict(type='MixtureCheckHook'),

@@ -11,6 +11,7 @@ from mmdet.apis import DetInferencer, init_detector
 from mmdet.registry import DATASETS, MODELS
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
+from mmengine.optim import build_optim_wrapper
 from mmengine.model import bias_init_with_prob
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
@@ -418,6 +419,31 @@ def test_grow_configs_extend_their_base(base, grown):
         old_space.check_num_classes(old.model.bbox_head.num_classes)
         new_space.check_num_classes(new.model.bbox_head.num_classes)
 
+
+
+@pytest.mark.parametrize('config', ['demo/grow_damex_demo_add_scan.py',
+                                    'examples/grow_custom_mixture.py'])
+def test_grow_configs_halve_the_rate_of_the_gates_only(config):
+    """The grow configs' ``custom_keys=dict(gate=...)`` match by substring:
+    they must reach every MoE gate and nothing else."""
+    cfg = Config.fromfile(str(REPO_ROOT / 'configs' / config))
+    init_default_scope('mmdet')
+    model = MODELS.build(cfg.model)
+    optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    lr_of = {id(p): group['lr'] for group in optimizer.param_groups
+             for p in group['params']}
+    base_lr = cfg.optim_wrapper.optimizer.lr
+    # mmdet's DINO trains its backbone at 0.1x; the demo's at 1x.
+    backbone_lr = base_lr * cfg.optim_wrapper.paramwise_cfg.custom_keys[
+        'backbone'].lr_mult
+    slowed = {name for name, p in model.named_parameters()
+              if p.requires_grad and lr_of[id(p)] != (
+                  backbone_lr if name.startswith('backbone.') else base_lr)}
+    gates = {f'{name}.gate.weight' for name, m in model.named_modules()
+             if isinstance(m, MoEFFN)}
+    assert gates and slowed == gates
+    assert {lr_of[id(p)] for name, p in model.named_parameters()
+            if name in gates} == {base_lr * 0.5}
 
 def test_inference_names_the_new_classes(grown, tiny_mixture, tmp_path,
                                          monkeypatch):
