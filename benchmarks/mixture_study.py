@@ -272,6 +272,19 @@ def config_header(text: str, args, cfg_options) -> str:
             f'resolved={resolved_digest(text)}\n')
 
 
+def recipe_digest(setting: str, model: str, sampler: str, args) -> str:
+    """What makes one model's runs comparable across seeds: its configs at
+    seed 0, headers included (:func:`config_header`). Stored runs of
+    another recipe are not merged with this one's."""
+    data_root = Path(args.data_dir) / setting
+    phases = ['dino', 'damex'] if model.startswith(UPCYCLED) else [model]
+    texts = [config_header(study_config(setting, data_root, phase, 0,
+                                        args.max_iters, sampler),
+                           args, args.cfg_options) for phase in phases]
+    return hashlib.sha256(
+        '\n'.join([model, *texts]).encode()).hexdigest()[:16]
+
+
 def train(setting: str, name: str, text: str, args, progress, finished,
           cfg_options) -> Path:
     """Train the config ``text`` as run ``name`` unless it already finished.
@@ -464,12 +477,17 @@ def update_json(path, update):
 def store_results(path, results):
     """Merge ``results`` into the JSON file at ``path``, one run at a time:
     runs of earlier or concurrent invocations (other settings, models,
-    samplers or seeds) stay in the file."""
+    samplers or seeds) stay in the file unless their ``recipe``
+    (:func:`recipe_digest`) differs from the new runs' of that model and
+    sampler, whose seeds they would otherwise be reported beside."""
     def merge(stored):
         for setting, by_run in results.items():
             stored_runs = stored.setdefault(setting, {})
             for key, runs in by_run.items():
-                stored_runs[key] = merge_seeds(stored_runs.get(key, []), runs)
+                recipes = {r.get('recipe') for r in runs}
+                kept = [r for r in stored_runs.get(key, [])
+                        if r.get('recipe') in recipes]
+                stored_runs[key] = merge_seeds(kept, runs)
         return stored
     return update_json(path, merge)
 
@@ -489,8 +507,9 @@ def main(argv=None):
     with tqdm(jobs, desc='study runs', unit='run') as progress:
         for setting, model, sampler, seed in progress:
             metrics = run(setting, model, sampler, seed, args, progress)
-            results[setting][f'{model}/{sampler}'].append(
-                dict(metrics, seed=seed))
+            results[setting][f'{model}/{sampler}'].append(dict(
+                metrics, seed=seed,
+                recipe=recipe_digest(setting, model, sampler, args)))
     out = Path(args.work_dir) / f'results{variant_suffix(args.tag)}.json'
     store_results(out, results)
     print(f'\nResults ({len(args.seeds)} seeds, {args.max_iters} iterations, '

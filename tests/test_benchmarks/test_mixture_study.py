@@ -175,3 +175,32 @@ def test_results_of_separate_invocations_merge_run_by_run(tmp_path):
         'limited': {'dino/temp2': [dict(seed=0, ap=0.5), dict(seed=1, ap=0.65)],
                     'damex/temp2': [dict(seed=0, ap=0.7)]},
         'labels': {'dino/temp2': [dict(seed=0, ap=0.8)]}}
+
+
+def test_stored_runs_of_another_recipe_are_not_merged(tmp_path):
+    path = tmp_path / 'results.json'
+    study.store_results(path, {'limited': {'damex/temp2': [
+        dict(seed=0, ap=0.5, recipe='a'), dict(seed=1, ap=0.6, recipe='a')]}})
+    stored = study.store_results(path, {'limited': {'damex/temp2': [
+        dict(seed=2, ap=0.7, recipe='a')]}})
+    assert [r['seed'] for r in stored['limited']['damex/temp2']] == [0, 1, 2]
+    # The config changed: seeds 0-2 are not seeds of the new recipe.
+    stored = study.store_results(path, {'limited': {'damex/temp2': [
+        dict(seed=3, ap=0.4, recipe='b')]}})
+    assert stored['limited']['damex/temp2'] == [
+        dict(seed=3, ap=0.4, recipe='b')]
+
+
+def test_recipe_is_the_same_for_every_seed_and_changes_with_the_config(
+        tmp_path):
+    args = study.parse_args(['--settings', 'limited', '--data-dir',
+                             str(tmp_path)])
+    recipe = study.recipe_digest('limited', 'damex', 'temp2', args)
+    assert recipe == study.recipe_digest('limited', 'damex', 'temp2', args)
+    assert recipe != study.recipe_digest('limited', 'dino', 'temp2', args)
+    assert recipe != study.recipe_digest('limited', 'damex', 'proportional',
+                                         args)
+    variant = study.parse_args(['--settings', 'limited', '--data-dir',
+                                str(tmp_path), '--tag', 'x', '--cfg-options',
+                                'model.routing_loss.loss_weight=0.3'])
+    assert recipe != study.recipe_digest('limited', 'damex', 'temp2', variant)
