@@ -11,8 +11,8 @@ from mmdet.apis import DetInferencer, init_detector
 from mmdet.registry import DATASETS, MODELS
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
-from mmengine.optim import build_optim_wrapper
 from mmengine.model import bias_init_with_prob
+from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
@@ -420,7 +420,6 @@ def test_grow_configs_extend_their_base(base, grown):
         new_space.check_num_classes(new.model.bbox_head.num_classes)
 
 
-
 @pytest.mark.parametrize('config', ['demo/grow_damex_demo_add_scan.py',
                                     'examples/grow_custom_mixture.py'])
 def test_grow_configs_halve_the_rate_of_the_gates_only(config):
@@ -444,6 +443,7 @@ def test_grow_configs_halve_the_rate_of_the_gates_only(config):
     assert gates and slowed == gates
     assert {lr_of[id(p)] for name, p in model.named_parameters()
             if name in gates} == {base_lr * 0.5}
+
 
 def test_inference_names_the_new_classes(grown, tiny_mixture, tmp_path,
                                          monkeypatch):
