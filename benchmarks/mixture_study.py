@@ -504,12 +504,15 @@ def main(argv=None):
                               num_train=num_train, num_val=args.num_val)
     results = {s: {f'{m}/{sampler}': [] for m in args.models
                    for sampler in args.samplers} for s in args.settings}
+    # One per model and sampler, not per seed: each resolves its configs.
+    recipes = {(s, key): recipe_digest(s, *key.split('/'), args)
+               for s, by_run in results.items() for key in by_run}
     with tqdm(jobs, desc='study runs', unit='run') as progress:
         for setting, model, sampler, seed in progress:
             metrics = run(setting, model, sampler, seed, args, progress)
-            results[setting][f'{model}/{sampler}'].append(dict(
-                metrics, seed=seed,
-                recipe=recipe_digest(setting, model, sampler, args)))
+            key = f'{model}/{sampler}'
+            results[setting][key].append(dict(
+                metrics, seed=seed, recipe=recipes[setting, key]))
     out = Path(args.work_dir) / f'results{variant_suffix(args.tag)}.json'
     store_results(out, results)
     print(f'\nResults ({len(args.seeds)} seeds, {args.max_iters} iterations, '
