@@ -71,6 +71,39 @@ def test_damex_loss_rejects_layout_mismatch_and_bad_targets():
     assert loss.item() == pytest.approx(math.log(4))
 
 
+def test_damex_loss_expert_weight_is_a_weighted_mean_over_tokens():
+    # Token 1 (target 0): CE = log 2; token 2 (target 1): p(1) = 1/4, CE = log 4.
+    # Weights 3 (expert 0) and 1 (expert 1): (3 log 2 + log 4) / 4.
+    layer = logits([[0., 0.], [LOG3, 0.]])
+    targets = torch.tensor([[0, 1]])
+    loss = DAMEXLoss(loss_weight=1., expert_weight=[3., 1.])([layer], targets)
+    assert loss.item() == pytest.approx((3 * LOG2 + math.log(4)) / 4, rel=1e-12)
+    # Equal weights leave the plain mean; tokens of a zero-weight expert do not count.
+    plain = DAMEXLoss(loss_weight=1.)([layer], targets).item()
+    assert DAMEXLoss(loss_weight=1., expert_weight=[2., 2.])([layer], targets).item() == \
+        pytest.approx(plain, rel=1e-12)
+    assert DAMEXLoss(loss_weight=1., expert_weight=[1., 0.])([layer], targets).item() == \
+        pytest.approx(LOG2, rel=1e-12)
+    # A layer whose counted tokens all weigh 0 is left out like one without tokens.
+    only_b = logits([[LOG3, 0.]])
+    loss = DAMEXLoss(loss_weight=1., expert_weight=[1., 0.])(
+        [layer, only_b], [targets, torch.tensor([[1]])])
+    assert loss.item() == pytest.approx(LOG2, rel=1e-12)
+
+
+@pytest.mark.parametrize('weights, message', [
+    ([1., -1.], 'finite weights >= 0'), ([0., 0.], 'at least one positive'),
+    ([1., float('nan')], 'finite'), (dict(a=1.), 'one weight per expert'), ([], 'at least')])
+def test_damex_loss_expert_weight_checks(weights, message):
+    with pytest.raises(ValueError, match=message):
+        DAMEXLoss(expert_weight=weights)
+
+
+def test_damex_loss_expert_weight_must_match_the_experts():
+    with pytest.raises(ValueError, match='3 weights for 2 experts'):
+        DAMEXLoss(expert_weight=[1., 1., 1.])([logits([[0., 0.]])], torch.tensor([[0]]))
+
+
 def test_load_balancing_loss_hand_computed():
     # Layer A: P = (1/2, 1/2), both tokens to expert 0: f = (1, 0) -> 2 * 1/2 = 1.
     layer_a = logits([[0., 0.], [0., 0.]])

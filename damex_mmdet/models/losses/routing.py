@@ -132,11 +132,34 @@ class DAMEXLoss(_RoutingLoss):
     Args:
         loss_weight: weight of the loss (0.1 in DAMEX).
         weight_schedule: None (constant) or a decay, see :class:`_RoutingLoss`.
+        expert_weight: None, or one non-negative weight per expert: each token's
+            cross-entropy counts with the weight of its target expert, and a layer's loss is
+            the weighted mean (as ``class_weight`` in mmdet's ``CrossEntropyLoss``). Where a
+            sampler over-represents some datasets, weights of (their share in the whole
+            mixture / their sampled share) give the gate the trade-off between datasets that
+            it would learn on the whole mixture; growing a model with a replayed mixture
+            uses this.
     """
 
     def __init__(self, loss_weight: float = 0.1,
-                 weight_schedule: Optional[Mapping] = None) -> None:
+                 weight_schedule: Optional[Mapping] = None,
+                 expert_weight: Optional[Sequence[float]] = None) -> None:
         super().__init__(loss_weight, weight_schedule)
+        self.expert_weight = self._checked_expert_weight(expert_weight)
+
+    @staticmethod
+    def _checked_expert_weight(weights: Optional[Sequence[float]]) -> Optional[List[float]]:
+        if weights is None:
+            return None
+        if isinstance(weights, (str, Mapping)) or not isinstance(weights, Sequence):
+            raise ValueError('expert_weight must be a list with one weight per expert, e.g. '
+                             f'[1.0, 1.0, 0.2], got {weights!r}')
+        weights = [float(w) for w in weights]
+        if not weights or any(not math.isfinite(w) or w < 0 for w in weights) \
+                or not any(weights):
+            raise ValueError('expert_weight must hold finite weights >= 0, at least one '
+                             f'positive, got {weights}')
+        return weights
 
     def forward(self, gate_logits: TensorOrSeq, targets: TensorOrSeq,
                 valid_masks: OptMasks = None) -> Tensor:
@@ -157,6 +180,11 @@ class DAMEXLoss(_RoutingLoss):
         masks = _per_layer(valid_masks, len(layers), 'valid_masks')
         layer_losses = []
         for layer, (logits, target, mask) in enumerate(zip(layers, all_targets, masks)):
+            if self.expert_weight is not None and len(self.expert_weight) != logits.size(-1):
+                raise ValueError(
+                    f'layer {layer}: expert_weight has {len(self.expert_weight)} weights for '
+                    f'{logits.size(-1)} experts: give one weight per expert '
+                    '(model.num_experts)')
             if target is None:
                 raise ValueError(f'layer {layer}: targets missing')
             if target.shape != logits.shape[:-1]:
@@ -174,7 +202,13 @@ class DAMEXLoss(_RoutingLoss):
                 raise ValueError(f'layer {layer}: targets must be integer expert ids in '
                                  f'[0, {num_experts}), got values in '
                                  f'[{counted.min().item()}, {counted.max().item()}]')
-            layer_losses.append(F.cross_entropy(logits[mask], counted.long()))
+            if self.expert_weight is None:
+                layer_losses.append(F.cross_entropy(logits[mask], counted.long()))
+                continue
+            weight = logits.new_tensor(self.expert_weight)
+            if weight[counted.long()].sum() == 0:
+                continue
+            layer_losses.append(F.cross_entropy(logits[mask], counted.long(), weight=weight))
         if not layer_losses:
             return _zero(layers)
         return self.current_weight() * torch.stack(layer_losses).mean()
