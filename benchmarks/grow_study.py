@@ -51,6 +51,8 @@ SETTING = 'default'  # the four demo datasets; its data serve every run
 STUDY = 'grow'  # the folder of this study's runs under --work-dir
 BASE_CONFIG = REPO / 'configs/demo/grow_damex_demo_base.py'
 GROWN_CONFIG = REPO / 'configs/demo/grow_damex_demo_add_scan.py'
+# How tools/grow_checkpoint.py starts the new gate rows (its --gate-init).
+GATE_INIT = 'fit'
 OLD, NEW = NAMES[:3], NAMES[3]
 # The mixture study's model that BASE_CONFIG inherits.
 JOINT_MODEL = 'damex'
@@ -137,7 +139,8 @@ def growth_stamp(base_checkpoint: Path, grown_text: str) -> str:
                          'folder to train the model before growing again.')
     return (f'# grows {base_checkpoint.name} '
             f'sha256={file_digest(base_checkpoint)} '
-            f'with resolved={resolved_digest(grown_text)}\n')
+            f'with resolved={resolved_digest(grown_text)} '
+            f'gate_init={GATE_INIT}\n')
 
 
 def is_stale(init: Path, grown_config: Path, stamped_text: str) -> bool:
@@ -180,7 +183,8 @@ def grow_seed(seed: int, args, progress) -> dict:
                 ('grow_checkpoint.py',
                  [str(study_dir / f'before_seed{seed}.py'),
                   str(base_checkpoint),
-                  str(grown_config), str(init), '--force'], 'grow'),
+                  str(grown_config), str(init), '--force',
+                  '--gate-init', GATE_INIT], 'grow'),
                 ('test.py', [str(grown_config), str(init), '--work-dir',
                              str(step0_dir)], 'step0')):
             with open(study_dir / f'grown_seed{seed}_{log}.log', 'w') as out:

@@ -11,8 +11,10 @@ Old classes keep their indices and names; the classification branches and
 the denoising label embedding gain rows for the new classes; each new expert
 starts as a copy of the old expert that the new data's images (the new
 config's val_dataloader, at most --max-images of them) route to most in
-that layer, measured with the old model (or of --source-expert); see
-damex_mmdet/models/grow.py for every initialisation. Every check runs before
+that layer, measured with the old model (or of --source-expert); the new
+gate rows are fitted so that the new data's tokens reach the new experts
+while the old datasets' measured tokens keep theirs (or --gate-init mean);
+see damex_mmdet/models/grow.py for every initialisation. Every check runs before
 anything is written, so a config that cannot grow stops here, not in
 training. OUT's meta carries the new class names and the growth history.
 """
@@ -28,12 +30,19 @@ from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
 
 from damex_mmdet.datasets.label_space import UnifiedLabelSpace
-from damex_mmdet.models import (DAMEX, GrowError, check_grown_expert_map,
+from damex_mmdet.models import (DAMEX, GATE_INITS, GrowError,
+                                check_grown_expert_map,
                                 check_grown_label_space,
-                                check_new_dataset_names, grow_state_dict,
-                                grown_meta, source_experts_from_counts)
+                                check_new_dataset_names, fit_new_gate_rows,
+                                grow_state_dict, grown_meta,
+                                source_experts_from_counts)
 from damex_mmdet.visualization import RoutingStatistics
 from mmdet.registry import DATASETS, MODELS
+
+# Gate inputs kept of each routed image for fitting the new gate rows: a
+# random subset bounds the memory where an MoE layer sees every encoder
+# position.
+TOKENS_PER_IMAGE = 256
 
 
 def parse_args(argv=None):
@@ -47,9 +56,15 @@ def parse_args(argv=None):
     parser.add_argument('--source-expert', type=int, default=None,
                         help='start every new expert from this old expert '
                         'instead of measuring where the new data routes')
+    parser.add_argument('--gate-init', choices=GATE_INITS, default='fit',
+                        help='new gate rows: fitted to the old and new '
+                        'datasets\' tokens, or the mean of the old rows '
+                        '(default: %(default)s; see '
+                        'damex_mmdet/models/grow.py)')
     parser.add_argument('--max-images', type=int, default=50,
-                        help='new-data images for the routing measurement '
-                        '(default: %(default)s)')
+                        help='new-data images for the routing measurement, '
+                        'and as many of each old dataset for fitting the '
+                        'gate rows (default: %(default)s)')
     parser.add_argument('--device', default=None,
                         help='torch device of the measurement (default: cuda '
                         'when available, else cpu)')
@@ -87,70 +102,141 @@ def _old_label_space(meta: dict, old_cfg: Config) -> UnifiedLabelSpace:
 
 
 @torch.no_grad()
-def measure_source_experts(old_model: DAMEX, new_cfg: Config,
-                           added: Dict[int, List[str]], max_images: int,
-                           device: Optional[str]) -> Tuple[dict, dict]:
-    """Route the new datasets' val images through the old model.
+def route_val_images(old_model: DAMEX, new_cfg: Config,
+                     per_dataset: Dict[str, int], device: Optional[str]
+                     ) -> Tuple[dict, dict]:
+    """Route val images of the new config's mixture through the old model.
+
+    Args:
+        per_dataset: How many images of each dataset, the first ones of its
+            val set.
 
     Returns:
-        tuple: ``{layer: {added expert: old expert}}`` (see
-        :func:`source_experts_from_counts`) and the counts it is chosen from,
-        ``{layer: {new dataset: [E_old]}}``.
+        tuple: first-choice token counts ``{layer: {dataset: [E_old]}}``
+        (as :class:`~damex_mmdet.visualization.RoutingStatistics` counts
+        them) and the gate inputs ``{layer: {dataset: (n, D)}}``, at most
+        ``TOKENS_PER_IMAGE`` counted tokens of each image.
 
-    Up to ``max_images`` images, shared evenly by the new datasets, run
-    through the old model in tensor mode (no prediction, whose checks expect
-    the model's own mixture); each MoE layer counts every token's first
-    choice, as :class:`~damex_mmdet.visualization.RoutingStatistics` does.
+    The images run through the old model in tensor mode (no prediction,
+    whose checks expect the model's own mixture).
     """
-    new_names = [n for names in added.values() for n in names]
-    val_names = _mixture_names(new_cfg, 'val_dataloader')
-    lacking = [n for n in new_names if n not in val_names]
-    if lacking:
-        raise GrowError(
-            f'the new config\'s val_dataloader has no images of {lacking} to '
-            f'measure which old expert they route to: add them to the val '
-            f'mixture or pass --source-expert.')
     loader_cfg = new_cfg.val_dataloader
     dataset_cfg = copy.deepcopy(loader_cfg.dataset)
     dataset_cfg.datasets = [e for e in dataset_cfg.datasets
-                            if e.name in new_names]
+                            if e.name in per_dataset]
     dataset_cfg.pop('label_space', None)
     dataset = DATASETS.build(dataset_cfg)
     starts = [0] + list(dataset.cumulative_sizes[:-1])
     sizes = [end - start for start, end in zip(starts,
                                                 dataset.cumulative_sizes)]
-    per_dataset = max(1, max_images // len(sizes))
-    indices = [start + i for start, size in zip(starts, sizes)
-               for i in range(min(size, per_dataset))]
+    names = [entry.name for entry in dataset_cfg.datasets]
+    indices = [start + i for name, start, size in zip(names, starts, sizes)
+               for i in range(min(size, per_dataset[name]))]
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     model = old_model.to(device).eval()
-    statistics = RoutingStatistics(new_names)
+    moes = list(model.named_moe_layers())
+    inputs = {}
+
+    def keep_input(module, args, kwargs, name):
+        inputs[name] = args[0] if args else kwargs['x']
+
+    hooks = [moe.register_forward_pre_hook(
+        lambda module, args, kwargs, name=name: keep_input(
+            module, args, kwargs, name), with_kwargs=True)
+        for name, moe in moes]
+    statistics = RoutingStatistics(names)
+    tokens = {name: {} for name, _ in moes}
+    sampler = torch.Generator().manual_seed(0)
     batch_size = loader_cfg.get('batch_size', 1)
-    for first in range(0, len(indices), batch_size):
-        batch = pseudo_collate(
-            [dataset[i] for i in indices[first:first + batch_size]])
-        data = model.data_preprocessor(batch, False)
-        model(data['inputs'], data['data_samples'], mode='tensor')
-        counts, layers = model.routing_counts(data['data_samples'])
-        statistics.update([
-            dict(dataset=s.metainfo['dataset'], routing_counts=c,
-                 moe_layers=layers)
-            for s, c in zip(data['data_samples'], counts)])
+    try:
+        for first in range(0, len(indices), batch_size):
+            batch = pseudo_collate(
+                [dataset[i] for i in indices[first:first + batch_size]])
+            data = model.data_preprocessor(batch, False)
+            samples = data['data_samples']
+            model(data['inputs'], samples, mode='tensor')
+            counts, layers = model.routing_counts(samples)
+            statistics.update([
+                dict(dataset=s.metainfo['dataset'], routing_counts=c,
+                     moe_layers=layers) for s, c in zip(samples, counts)])
+            for name, moe in moes:
+                counted = model.counted_tokens(name, moe, samples)
+                for sample, x, mask in zip(samples, inputs[name], counted):
+                    kept = x[mask].float().cpu()
+                    keep = torch.randperm(len(kept), generator=sampler)
+                    tokens[name].setdefault(sample.metainfo['dataset'],
+                                            []).append(
+                        kept[keep[:TOKENS_PER_IMAGE]])
+    finally:
+        for hook in hooks:
+            hook.remove()
     counts = {layer: dict(zip(statistics.dataset_names,
                               statistics.counts[i].tolist()))
               for i, layer in enumerate(statistics.layer_names)}
-    return source_experts_from_counts(counts, added), counts
+    tokens = {layer: {name: torch.cat(parts) for name, parts in by.items()}
+              for layer, by in tokens.items()}
+    return counts, tokens
+
+
+def fit_gate_rows(old_model: DAMEX, tokens: dict, old_names: List[str],
+                  new_map: Dict[str, int], added: Dict[int, List[str]]
+                  ) -> Tuple[Dict[str, torch.Tensor], Dict[str, dict]]:
+    """The new gate rows of every MoE layer, fitted to ``tokens`` (see
+    :func:`~damex_mmdet.models.grow.fit_new_gate_rows`), and per layer the
+    step kept and the share of the measured new tokens that reach their
+    experts with them."""
+    new_names = [n for names in added.values() for n in names]
+    rows, report = {}, {}
+    for name, moe in old_model.named_moe_layers():
+        by_dataset = tokens[name]
+        new_x = torch.cat([by_dataset[n] for n in new_names])
+        new_targets = torch.cat([
+            torch.full((len(by_dataset[n]), ), new_map[n]) for n in new_names])
+        old_x = torch.cat([by_dataset[n] for n in old_names])
+        gate = moe.gate.weight.detach().cpu()
+        rows[name], step = fit_new_gate_rows(gate, old_x, new_x, new_targets,
+                                             len(added))
+        weight = torch.cat([gate, rows[name]])
+        reached = (new_x @ weight.T).argmax(-1) == new_targets
+        report[name] = dict(step=round(step, 4),
+                            new_tokens_reached=round(
+                                float(reached.float().mean()), 4))
+    return rows, report
+
+
+def _images_to_route(new_cfg: Config, old_names, added: Dict[int, List[str]],
+                     max_images: int, with_old: bool) -> Dict[str, int]:
+    """Val images of each dataset to route: ``max_images`` shared by the new
+    datasets and, for fitting gate rows, as many of each old one."""
+    new_names = [n for names in added.values() for n in names]
+    wanted = new_names + (list(old_names) if with_old else [])
+    val_names = _mixture_names(new_cfg, 'val_dataloader')
+    lacking = [n for n in wanted if n not in val_names]
+    if lacking:
+        raise GrowError(
+            f'the new config\'s val_dataloader has no images of {lacking}: '
+            f'growing routes the new datasets\' images through the trained '
+            f'model to choose the experts the new ones start from, and '
+            f'fits the new gate rows to the old and new datasets\' tokens. '
+            f'Add them to the val mixture, or pass --source-expert and '
+            f'--gate-init mean.')
+    per_dataset = max(1, max_images // len(new_names))
+    return {name: per_dataset for name in wanted}
 
 
 def grow_checkpoint(old_config: str, old_checkpoint: str, new_config: str,
                     out: str, source_expert: Optional[int] = None,
                     max_images: int = 50, device: Optional[str] = None,
-                    cfg_options: Optional[dict] = None) -> dict:
+                    cfg_options: Optional[dict] = None,
+                    gate_init: str = 'fit') -> dict:
     """Write the grown checkpoint; returns a summary of what grew.
 
     Raises:
         GrowError: Whatever stops the new config from growing the model.
     """
+    if gate_init not in GATE_INITS:
+        raise GrowError(f'gate_init must be one of {GATE_INITS}, got '
+                        f'{gate_init!r}.')
     old_cfg = Config.fromfile(old_config)
     new_cfg = Config.fromfile(new_config)
     if cfg_options:
@@ -195,17 +281,25 @@ def grow_checkpoint(old_config: str, old_checkpoint: str, new_config: str,
     new_model = _build_damex(new_cfg, 'new')
 
     layers = [name for name, _ in new_model.named_moe_layers()]
-    counts = None
+    counts, gate_rows, gate_fit = None, None, None
+    if added and (source_expert is None or gate_init == 'fit'):
+        counts, tokens = route_val_images(
+            old_model, new_cfg,
+            _images_to_route(new_cfg, old_space.dataset_names, added,
+                             max_images, gate_init == 'fit'), device)
+        if gate_init == 'fit':
+            gate_rows, gate_fit = fit_gate_rows(
+                old_model, tokens, list(old_space.dataset_names),
+                dict(new_model.dataset_to_expert), added)
     if not added:
         sources = {}
     elif source_expert is not None:
         sources = {layer: {e: source_expert for e in added}
                    for layer in layers}
     else:
-        sources, counts = measure_source_experts(old_model, new_cfg, added,
-                                                 max_images, device)
+        sources = source_experts_from_counts(counts, added)
     state = grow_state_dict(old_state, new_model, old_space.num_classes,
-                            sources)
+                            sources, gate_rows)
     new_model.load_state_dict(state, strict=True)
 
     info = dict(
@@ -215,7 +309,9 @@ def grow_checkpoint(old_config: str, old_checkpoint: str, new_config: str,
         num_experts=[old_model.num_experts, new_model.num_experts],
         dataset_to_expert=dict(new_model.dataset_to_expert),
         source_experts=sources,
-        new_data_routing=counts)
+        new_data_routing=counts,
+        gate_init=gate_init,
+        gate_fit=gate_fit)
     # Write next to the target and rename, so an interrupted run never
     # leaves a truncated checkpoint behind.
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
@@ -235,15 +331,20 @@ def main(argv=None):
         info = grow_checkpoint(args.old_config, args.old_checkpoint,
                                args.new_config, args.out, args.source_expert,
                                args.max_images, args.device,
-                               args.cfg_options)
+                               args.cfg_options, args.gate_init)
     except GrowError as error:
         raise SystemExit(f'error: {error}')
     (old_c, new_c), (old_e, new_e) = info['num_classes'], info['num_experts']
     print(f'wrote {args.out}: datasets {info["new_datasets"]} added, '
           f'classes {old_c} -> {new_c}, experts {old_e} -> {new_e}')
     for layer, sources in info['source_experts'].items():
+        fit = (info['gate_fit'] or {}).get(layer)
         print(f'  {layer}: ' + ', '.join(
-            f'expert {new} from expert {old}' for new, old in sources.items()))
+            f'expert {new} from expert {old}' for new, old in sources.items())
+            + ('' if fit is None else
+               f'; fitted gate rows (step {fit["step"]:.2f} from the mean '
+               f'row) send {fit["new_tokens_reached"]:.1%} of the measured '
+               f'new tokens to their experts'))
     new_cfg = Config.fromfile(args.new_config)
     if new_cfg.get('load_from') != args.out:
         print(f'set load_from = {args.out!r} in {args.new_config} (it has '

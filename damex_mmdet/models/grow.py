@@ -22,17 +22,25 @@ classes and datasets:
   top-k of each token's best class) where old classes score above 0.01;
 * denoising label embedding: the mean of the old classes' rows, a generic
   "some object" query content that training specialises;
-* gate: the mean of the old experts' rows. Its logit is then the mean of the
-  old logits, below their maximum for every token that has any preference,
-  so every token keeps its first-choice expert. The new expert does take a
-  share of the softmax: where the MoE weights an expert's output by its
-  probability (top-1 with ``normalize_weights=None``, the default, also
-  under oracle routing) the chosen expert's weight is scaled by
-  ``sum_old / (sum_old + e^mean)`` (``sum_old`` = the old experts' summed
-  ``e^logit``), close to 1 for a confident gate, which DAMEX's routing loss
-  trains. No finite row of a bias-free linear gate can leave the softmax
-  unchanged; with renormalised weights (``normalize_weights=True``) the
-  grown model's old outputs are the old model's.
+* gate, ``gate_init='mean'``: the mean of the old experts' rows. Its logit
+  is then the mean of the old logits, below their maximum for every token
+  that has any preference, so every token keeps its first-choice expert.
+  The new expert does take a share of the softmax: where the MoE weights an
+  expert's output by its probability (top-1 with ``normalize_weights=None``,
+  the default, also under oracle routing) the chosen expert's weight is
+  scaled by ``sum_old / (sum_old + e^mean)`` (``sum_old`` = the old experts'
+  summed ``e^logit``), close to 1 for a confident gate, which DAMEX's routing
+  loss trains. No finite row of a bias-free linear gate can leave the
+  softmax unchanged; with renormalised weights (``normalize_weights=True``)
+  the grown model's old outputs are the old model's.
+* gate, ``gate_init='fit'`` (:func:`fit_new_gate_rows`): rows fitted to the
+  trained model's own tokens, so that the new datasets' tokens reach their
+  new experts from the first step while every measured old token keeps its
+  first choice. Growing from the mean rows, the routing loss has to teach
+  the new rows while the features under them move, and on the demo mixture
+  the new rows learned to take a fifth of an old dataset's tokens whose
+  features lay close to the new dataset's, although a linear gate row
+  separates the two in the trained model's features.
 """
 import re
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -52,6 +60,15 @@ EXPERT_KEY = re.compile(r'^expert_\w+$')
 GATE_KEY = 'gate.weight'
 # The prior probability of a class on a query, as in DeformableDETRHead.
 NEW_CLASS_PRIOR = 0.01
+# How a grown gate's new rows start (module docstring).
+GATE_INITS = ('fit', 'mean')
+# Weight of the pull of fitted gate rows towards the mean row: it keeps the
+# fit finite where the tokens separate perfectly.
+GATE_FIT_L2 = 1e-3
+# Fitted rows stop short of the first step that would change an old token's
+# first choice by this factor, so that ties in float32 fall to the old
+# expert.
+GATE_FIT_MARGIN = 0.99
 
 
 class GrowError(ValueError):
@@ -237,6 +254,73 @@ def source_experts_from_counts(
     return sources
 
 
+def fit_new_gate_rows(old_gate: Tensor, old_tokens: Tensor,
+                      new_tokens: Tensor, new_targets: Tensor,
+                      num_added: int,
+                      max_iter: int = 100) -> Tuple[Tensor, float]:
+    """Gate rows of the added experts, fitted to the trained model's tokens.
+
+    The rows start at the mean of the old rows and minimise the routing
+    loss the grown model trains with, with the old rows fixed: the
+    cross-entropy of the new datasets' tokens to their experts plus that of
+    the old datasets' tokens to the old gate's first choices (each the mean
+    over its tokens, so that the few images of a new dataset weigh as much as
+    the old ones), plus ``GATE_FIT_L2`` times the squared distance from the
+    mean row. The fitted rows are then pulled back towards the mean row
+    until no old token changes its first choice (at the mean row none does,
+    see the module docstring), so that where the new tokens cannot be told
+    apart from old ones the old routing wins.
+
+    Args:
+        old_gate: (E_old, D) the trained gate's weight.
+        old_tokens: (M, D) gate inputs of the old datasets' images.
+        new_tokens: (N, D) gate inputs of the new datasets' images.
+        new_targets: (N,) the expert each new token's dataset maps to.
+        num_added: Experts added after the old ones.
+        max_iter: L-BFGS iterations of the fit.
+
+    Returns:
+        tuple: (num_added, D) rows in the gate's dtype, and the step from
+        the mean row to the fitted one that was kept, in [0, 1].
+    """
+    gate = old_gate.detach().double()
+    old_x, new_x = old_tokens.double(), new_tokens.double()
+    new_targets = new_targets.long()
+    old_logits = old_x @ gate.T
+    old_best, old_choice = old_logits.max(dim=-1)
+    mean_rows = gate.mean(dim=0, keepdim=True).expand(num_added, -1)
+    rows = mean_rows.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([rows], max_iter=max_iter,
+                                  line_search_fn='strong_wolfe')
+
+    def closure():
+        optimizer.zero_grad()
+        weight = torch.cat([gate, rows])
+        loss = (torch.nn.functional.cross_entropy(new_x @ weight.T,
+                                                  new_targets)
+                + torch.nn.functional.cross_entropy(old_x @ weight.T,
+                                                    old_choice)
+                + GATE_FIT_L2 * (rows - mean_rows).square().sum())
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    fitted = rows.detach()
+    # Row a's logit moves linearly from the mean row's (below the old
+    # token's best logit) to the fitted one's; the first step at which any
+    # row reaches the best logit bounds the step of every row.
+    at_mean = old_x @ mean_rows.T
+    rise = old_x @ (fitted - mean_rows).T
+    steps = torch.where(rise > 0, (old_best[:, None] - at_mean) / rise,
+                        torch.full_like(rise, float('inf')))
+    step = min(1., float(steps.min()) * GATE_FIT_MARGIN) if steps.numel() \
+        else 1.
+    step = max(step, 0.)
+    rows = mean_rows + step * (fitted - mean_rows)
+    return rows.to(old_gate.dtype), step
+
+
 def _is_class_row_key(key: str) -> bool:
     return any(pattern.match(key) for pattern in CLASS_ROW_KEYS)
 
@@ -254,14 +338,17 @@ def _grow_class_rows(key: str, old: Tensor, num_classes: int) -> Tensor:
     return torch.cat([old, new_rows])
 
 
-def _grow_moe_entry(key: str, old: Tensor,
-                    sources: Mapping[int, int]) -> Tensor:
+def _grow_moe_entry(key: str, old: Tensor, sources: Mapping[int, int],
+                    gate_rows: Optional[Tensor]) -> Tensor:
     """Append one slice per added expert to an MoE layer's entry.
 
     ``sources`` maps each added expert, in increasing order, to the old
-    expert it copies; the gate gets the mean of the old rows instead.
+    expert it copies; the gate gets ``gate_rows`` instead, or the mean of
+    the old rows when None.
     """
-    if key == GATE_KEY:
+    if key == GATE_KEY and gate_rows is not None:
+        new_rows = list(gate_rows.to(old.dtype))
+    elif key == GATE_KEY:
         new_rows = [old.mean(dim=0)] * len(sources)
     else:
         new_rows = [old[sources[e]] for e in sorted(sources)]
@@ -270,7 +357,8 @@ def _grow_moe_entry(key: str, old: Tensor,
 
 def grow_state_dict(old_state: Mapping[str, Tensor], new_model: DAMEX,
                     num_old_classes: int,
-                    source_experts: Mapping[str, Mapping[int, int]]
+                    source_experts: Mapping[str, Mapping[int, int]],
+                    gate_rows: Optional[Mapping[str, Tensor]] = None
                     ) -> Dict[str, Tensor]:
     """Turn the trained model's state dict into one for ``new_model``.
 
@@ -283,6 +371,9 @@ def grow_state_dict(old_state: Mapping[str, Tensor], new_model: DAMEX,
         source_experts: ``{layer: {added expert: old expert}}``, see
             :func:`source_experts_from_counts`; layers without added experts
             may be omitted.
+        gate_rows: ``{layer: (added experts, D)}``, the new gate rows of
+            those layers (e.g. :func:`fit_new_gate_rows`); the other layers'
+            new rows are the mean of their old rows.
 
     Returns:
         dict[str, Tensor]: A state dict that loads strictly into
@@ -315,7 +406,9 @@ def grow_state_dict(old_state: Mapping[str, Tensor], new_model: DAMEX,
         elif local is not None and (local == GATE_KEY
                                     or EXPERT_KEY.match(local)):
             sources = dict(source_experts.get(moe_prefixes[prefix], {}))
-            value = _grow_moe_entry(local, old, sources)
+            value = _grow_moe_entry(
+                local, old, sources,
+                (gate_rows or {}).get(moe_prefixes[prefix]))
         else:
             value = old
         if tuple(value.shape) != want:

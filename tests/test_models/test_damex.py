@@ -223,7 +223,7 @@ def test_padded_denoising_queries_do_not_count(model_cfg):
         labels=torch.tensor([0, 1, 2]))
     losses = model.loss(inputs, samples)
     name, moe = next(model.named_moe_layers())
-    counted = model._counted_tokens(name, moe, samples)
+    counted = model.counted_tokens(name, moe, samples)
     num_denoising = counted.shape[1] - model.num_queries
     # Groups of 3 slots: image 0 fills 1 of each, image 1 all 3.
     assert counted[1].all()
@@ -251,7 +251,7 @@ def test_encoder_moe_counts_every_token_of_unpadded_batches(model_cfg):
     assert torch.isfinite(losses['loss_route'])
     name, moe = next(model.named_moe_layers())
     assert name == 'encoder.layers.0.ffn'
-    assert model._counted_tokens(name, moe, samples).all()
+    assert model.counted_tokens(name, moe, samples).all()
 
     model.eval()
     with torch.no_grad():
@@ -268,7 +268,7 @@ def test_encoder_moe_skips_padded_feature_positions(model_cfg):
     losses = model.loss(inputs, samples)
     assert torch.isfinite(losses['loss_route'])
     name, moe = next(model.named_moe_layers())
-    counted = model._counted_tokens(name, moe, samples)
+    counted = model.counted_tokens(name, moe, samples)
     assert counted[0].all()
     # The second image fills the top half of the batch shape.
     assert 0.4 < counted[1].float().mean() < 0.6

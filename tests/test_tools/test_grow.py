@@ -21,7 +21,7 @@ from damex_mmdet.datasets.label_space import UnifiedLabelSpace
 from damex_mmdet.engine.hooks import ExpertLrMultHook
 from damex_mmdet.models import (GrowError, MoEFFN, check_grown_expert_map,
                                 check_grown_label_space,
-                                check_new_dataset_names,
+                                check_new_dataset_names, fit_new_gate_rows,
                                 source_experts_from_counts)
 
 from ..conftest import REPO_ROOT, load_script
@@ -79,6 +79,16 @@ def grown(tool, tiny_checkpoint, tiny_mixture, tmp_path_factory):
     return old_config, old_ckpt, new_config, out, info
 
 
+@pytest.fixture(scope='module')
+def grown_mean_gate(tool, grown, tmp_path_factory):
+    """``grown`` with the new gate rows at the mean of the old ones."""
+    old_config, old_ckpt, new_config, _, _ = grown
+    out = tmp_path_factory.mktemp('grow_mean') / 'grown.pth'
+    info = tool.grow_checkpoint(str(old_config), str(old_ckpt),
+                                str(new_config), str(out), gate_init='mean')
+    return old_config, old_ckpt, new_config, out, info
+
+
 def build(config, checkpoint, **model_options):
     cfg = Config.fromfile(str(config))
     cfg.model.update(model_options)
@@ -126,10 +136,13 @@ def assert_old_part_predicts_as_before(old_model, new_model, batch,
                                rtol=0, atol=2e-6)
 
 
-def test_grown_model_keeps_old_predictions_at_step_zero(grown):
+@pytest.mark.parametrize('which', ['grown', 'grown_mean_gate'])
+def test_grown_model_keeps_old_predictions_at_step_zero(which, request):
     """Where the MoE output does not depend on the softmax mass (renormalised
-    top-1 weights), the old part of the grown model is the old model."""
-    old_config, old_ckpt, new_config, out, _ = grown
+    top-1 weights), the old part of the grown model is the old model: with
+    mean gate rows for every token, with fitted ones for the old datasets'
+    tokens the fit measured (these images among them)."""
+    old_config, old_ckpt, new_config, out, _ = request.getfixturevalue(which)
     renormalised = dict(moe_cfg=dict(normalize_weights=True))
     old_model, _, _ = build(old_config, old_ckpt, **renormalised)
     new_model, new_cfg, _ = build(new_config, out, **renormalised)
@@ -138,10 +151,12 @@ def test_grown_model_keeps_old_predictions_at_step_zero(grown):
         assert_old_part_predicts_as_before(old_model, new_model, batch, oracle)
 
 
-def test_default_weights_keep_first_choices_scaled_by_the_new_share(grown):
-    """With probability weights every token keeps its expert, whose output
-    weight shrinks by the new expert's softmax share, as documented."""
-    old_config, old_ckpt, new_config, out, _ = grown
+def test_default_weights_keep_first_choices_scaled_by_the_new_share(
+        grown_mean_gate):
+    """With mean gate rows and probability weights every token keeps its
+    expert, whose output weight shrinks by the new expert's softmax share,
+    as documented."""
+    old_config, old_ckpt, new_config, out, _ = grown_mean_gate
     old_model, _, _ = build(old_config, old_ckpt)
     new_model, _, _ = build(new_config, out)
     tokens = torch.randn(2, 50, 256, generator=torch.Generator().manual_seed(0))
@@ -157,8 +172,8 @@ def test_default_weights_keep_first_choices_scaled_by_the_new_share(grown):
                                    rtol=1e-5, atol=1e-6)
 
 
-def test_new_rows_and_experts_start_as_documented(grown):
-    old_config, old_ckpt, new_config, out, info = grown
+def test_new_rows_and_experts_start_as_documented(grown_mean_gate):
+    old_config, old_ckpt, new_config, out, info = grown_mean_gate
     old_model, _, _ = build(old_config, old_ckpt)
     new_model, _, meta = build(new_config, out)
     for old, new in zip(old_model.bbox_head.cls_branches,
@@ -193,6 +208,46 @@ def test_new_rows_and_experts_start_as_documented(grown):
         assert sum(xray) > 0
         assert info['source_experts'][layer][OLD_EXPERTS] == xray.index(
             max(xray))
+
+
+def test_fitted_gate_rows_of_a_dataset_that_repeats_an_old_one(grown):
+    """xray is scan's images under another name: no gate row can send
+    xray's tokens to the new expert without taking scan's, so the fit stops
+    short of every measured scan token's first choice, and says how far it
+    went."""
+    old_config, old_ckpt, new_config, out, info = grown
+    assert info['gate_init'] == 'fit'
+    old_model, _, _ = build(old_config, old_ckpt)
+    new_model, cfg, _ = build(new_config, out)
+    old_moes = dict(old_model.named_moe_layers())
+    for name, moe in new_model.named_moe_layers():
+        fit = info['gate_fit'][name]
+        assert 0 <= fit['step'] < 1
+        assert 0 <= fit['new_tokens_reached'] <= 1
+        old_gate = old_moes[name].gate.weight
+        assert torch.equal(moe.gate.weight[:OLD_EXPERTS], old_gate)
+        assert not torch.equal(moe.gate.weight[OLD_EXPERTS], old_gate.mean(0))
+
+
+def test_fitted_gate_rows_need_the_old_datasets_val_images(
+        tool, tiny_checkpoint, tiny_mixture, tmp_path):
+    old_config, old_ckpt = tiny_checkpoint
+    new_config = grow_config(
+        old_config, tiny_mixture, tmp_path / 'no_old_val.py',
+        dict(xray='scan'), dict(photo=0, sketch=1, aerial=2, scan=3, xray=4),
+        5, 12)
+    cfg = Config.fromfile(str(new_config))
+    cfg.val_dataloader.dataset.datasets = [
+        e for e in cfg.val_dataloader.dataset.datasets if e.name == 'xray']
+    cfg.dump(str(new_config))
+    out = tmp_path / 'out.pth'
+    with pytest.raises(SystemExit, match="val_dataloader has no images of "
+                       "\['photo', 'sketch', 'aerial', 'scan'\].*"
+                       '--gate-init mean'):
+        tool.main([str(old_config), str(old_ckpt), str(new_config), str(out)])
+    tool.main([str(old_config), str(old_ckpt), str(new_config), str(out),
+               '--gate-init', 'mean'])
+    assert out.is_file()
 
 
 def test_growing_twice_in_a_row(tool, grown, tiny_mixture, tmp_path):
@@ -284,6 +339,47 @@ def test_source_expert_is_where_most_tokens_go():
         'dec0': {3: 1}, 'dec1': {3: 2}}
     with pytest.raises(GrowError, match="no token of the datasets \\['c'\\]"):
         source_experts_from_counts(counts, {3: ['c']})
+
+
+def gate_tokens(centres, per_centre=40, seed=0):
+    """Tokens scattered around each row of ``centres``."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.cat([c + 0.3 * torch.randn(per_centre, c.numel(),
+                                            generator=generator)
+                      for c in centres])
+
+
+def test_fitted_gate_rows_send_a_separable_dataset_to_its_expert():
+    # Three old experts read dimensions 0-2; the new dataset lies along
+    # dimension 3, which the old gate ignores, so its tokens spread over the
+    # old experts and the mean row takes none of them.
+    old_gate = torch.cat([3 * torch.eye(3), torch.zeros(3, 5)], dim=1)
+    old_tokens = gate_tokens(torch.eye(8)[:3])
+    new_tokens = gate_tokens(torch.eye(8)[3:4], seed=1)
+    targets = torch.full((len(new_tokens), ), 3)
+    rows, step = fit_new_gate_rows(old_gate, old_tokens, new_tokens, targets,
+                                   num_added=1)
+    assert rows.shape == (1, 8) and 0 < step <= 1
+    with_mean = torch.cat([old_gate, old_gate.mean(0, keepdim=True)])
+    with_fit = torch.cat([old_gate, rows])
+    assert ((new_tokens @ with_mean.T).argmax(-1) == 3).float().mean() < 0.1
+    assert ((new_tokens @ with_fit.T).argmax(-1) == 3).float().mean() > 0.95
+    assert torch.equal((old_tokens @ with_fit.T).argmax(-1),
+                       (old_tokens @ old_gate.T).argmax(-1))
+
+
+def test_fitted_gate_rows_keep_old_choices_where_datasets_overlap():
+    """A new dataset whose tokens are an old one's: the rows stop where the
+    first old token would change its expert."""
+    old_gate = torch.cat([3 * torch.eye(3), torch.zeros(3, 5)], dim=1)
+    old_tokens = gate_tokens(torch.eye(8)[:3])
+    new_tokens = old_tokens[:40]
+    rows, step = fit_new_gate_rows(old_gate, old_tokens, new_tokens,
+                                   torch.full((40, ), 3), num_added=1)
+    assert 0 < step < 1
+    with_fit = torch.cat([old_gate, rows])
+    assert torch.equal((old_tokens @ with_fit.T).argmax(-1),
+                       (old_tokens @ old_gate.T).argmax(-1))
 
 
 def train_grown(new_config, out, work_dir, hooks, iters=2):

@@ -247,7 +247,7 @@ class DAMEX(DINO):
             len(batch_data_samples), dn_meta['num_denoising_queries'])
         return torch.cat([denoising, matched], dim=1)
 
-    def _counted_tokens(self, name: str, moe: MoEFFN,
+    def counted_tokens(self, name: str, moe: MoEFFN,
                         batch_data_samples: SampleList) -> Tensor:
         """Mask of the tokens routing losses and statistics count.
 
@@ -290,7 +290,7 @@ class DAMEX(DINO):
         losses = super().loss(batch_inputs, batch_data_samples)
         moe_layers = list(self.named_moe_layers())
         logits = [moe.last_gate_logits for _, moe in moe_layers]
-        masks = [self._counted_tokens(name, moe, batch_data_samples)
+        masks = [self.counted_tokens(name, moe, batch_data_samples)
                  for name, moe in moe_layers]
         if self.routing_loss_queries == 'matched':
             matched = self._matched_queries(batch_data_samples)
@@ -354,7 +354,7 @@ class DAMEX(DINO):
         """
         names, per_layer = [], []
         for name, moe in self.named_moe_layers():
-            counted = self._counted_tokens(name, moe, batch_data_samples)
+            counted = self.counted_tokens(name, moe, batch_data_samples)
             first_choice = moe.last_expert_indices[..., 0]
             one_hot = torch.nn.functional.one_hot(first_choice,
                                                   self.num_experts)
