@@ -30,7 +30,7 @@ from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
 
 from damex_mmdet.datasets.label_space import UnifiedLabelSpace
-from damex_mmdet.models import (DAMEX, GATE_INITS, GrowError,
+from damex_mmdet.models import (DAMEX, EXPERT_INITS, GATE_INITS, GrowError,
                                 check_grown_expert_map,
                                 check_grown_label_space,
                                 check_new_dataset_names, fit_new_gate_rows,
@@ -61,6 +61,11 @@ def parse_args(argv=None):
                         'datasets\' tokens, or the mean of the old rows '
                         '(default: %(default)s; see '
                         'damex_mmdet/models/grow.py)')
+    parser.add_argument('--expert-init', choices=EXPERT_INITS,
+                        default='copy',
+                        help='new experts: a copy of the source expert, or '
+                        'that copy with its output projection zeroed '
+                        '(default: %(default)s)')
     parser.add_argument('--max-images', type=int, default=50,
                         help='new-data images for the routing measurement, '
                         'and as many of each old dataset for fitting the '
@@ -228,7 +233,8 @@ def grow_checkpoint(old_config: str, old_checkpoint: str, new_config: str,
                     out: str, source_expert: Optional[int] = None,
                     max_images: int = 50, device: Optional[str] = None,
                     cfg_options: Optional[dict] = None,
-                    gate_init: str = 'fit') -> dict:
+                    gate_init: str = 'fit',
+                    expert_init: str = 'copy') -> dict:
     """Write the grown checkpoint; returns a summary of what grew.
 
     Raises:
@@ -299,7 +305,7 @@ def grow_checkpoint(old_config: str, old_checkpoint: str, new_config: str,
     else:
         sources = source_experts_from_counts(counts, added)
     state = grow_state_dict(old_state, new_model, old_space.num_classes,
-                            sources, gate_rows)
+                            sources, gate_rows, expert_init)
     new_model.load_state_dict(state, strict=True)
 
     info = dict(
@@ -311,6 +317,7 @@ def grow_checkpoint(old_config: str, old_checkpoint: str, new_config: str,
         source_experts=sources,
         new_data_routing=counts,
         gate_init=gate_init,
+        expert_init=expert_init,
         gate_fit=gate_fit)
     # Write next to the target and rename, so an interrupted run never
     # leaves a truncated checkpoint behind.
@@ -331,7 +338,8 @@ def main(argv=None):
         info = grow_checkpoint(args.old_config, args.old_checkpoint,
                                args.new_config, args.out, args.source_expert,
                                args.max_images, args.device,
-                               args.cfg_options, args.gate_init)
+                               args.cfg_options, args.gate_init,
+                               args.expert_init)
     except GrowError as error:
         raise SystemExit(f'error: {error}')
     (old_c, new_c), (old_e, new_e) = info['num_classes'], info['num_experts']

@@ -62,6 +62,10 @@ GATE_KEY = 'gate.weight'
 NEW_CLASS_PRIOR = 0.01
 # How a grown gate's new rows start (module docstring).
 GATE_INITS = ('fit', 'mean')
+# How a new expert starts from its source expert (module docstring).
+EXPERT_INITS = ('copy', 'zero_output')
+# The expert entries of the output projection, which 'zero_output' zeroes.
+EXPERT_OUTPUT_KEYS = ('expert_w2', 'expert_b2')
 # Weight of the pull of fitted gate rows towards the mean row: it keeps the
 # fit finite where the tokens separate perfectly.
 GATE_FIT_L2 = 1e-3
@@ -339,17 +343,20 @@ def _grow_class_rows(key: str, old: Tensor, num_classes: int) -> Tensor:
 
 
 def _grow_moe_entry(key: str, old: Tensor, sources: Mapping[int, int],
-                    gate_rows: Optional[Tensor]) -> Tensor:
+                    gate_rows: Optional[Tensor], expert_init: str) -> Tensor:
     """Append one slice per added expert to an MoE layer's entry.
 
     ``sources`` maps each added expert, in increasing order, to the old
-    expert it copies; the gate gets ``gate_rows`` instead, or the mean of
+    expert it copies (its output projection zeroed with ``expert_init=
+    'zero_output'``); the gate gets ``gate_rows`` instead, or the mean of
     the old rows when None.
     """
     if key == GATE_KEY and gate_rows is not None:
         new_rows = list(gate_rows.to(old.dtype))
     elif key == GATE_KEY:
         new_rows = [old.mean(dim=0)] * len(sources)
+    elif expert_init == 'zero_output' and key in EXPERT_OUTPUT_KEYS:
+        new_rows = [torch.zeros_like(old[0])] * len(sources)
     else:
         new_rows = [old[sources[e]] for e in sorted(sources)]
     return torch.cat([old, torch.stack(new_rows)]) if new_rows else old
@@ -358,8 +365,8 @@ def _grow_moe_entry(key: str, old: Tensor, sources: Mapping[int, int],
 def grow_state_dict(old_state: Mapping[str, Tensor], new_model: DAMEX,
                     num_old_classes: int,
                     source_experts: Mapping[str, Mapping[int, int]],
-                    gate_rows: Optional[Mapping[str, Tensor]] = None
-                    ) -> Dict[str, Tensor]:
+                    gate_rows: Optional[Mapping[str, Tensor]] = None,
+                    expert_init: str = 'copy') -> Dict[str, Tensor]:
     """Turn the trained model's state dict into one for ``new_model``.
 
     Args:
@@ -374,6 +381,8 @@ def grow_state_dict(old_state: Mapping[str, Tensor], new_model: DAMEX,
         gate_rows: ``{layer: (added experts, D)}``, the new gate rows of
             those layers (e.g. :func:`fit_new_gate_rows`); the other layers'
             new rows are the mean of their old rows.
+        expert_init: ``'copy'``: each new expert is its source expert;
+            ``'zero_output'``: the same with its output projection zero.
 
     Returns:
         dict[str, Tensor]: A state dict that loads strictly into
@@ -394,6 +403,9 @@ def grow_state_dict(old_state: Mapping[str, Tensor], new_model: DAMEX,
             f'trained one: {unexpected[:5]}): the new config must inherit '
             f'the trained model\'s config and change only datasets, classes '
             f'and experts (e.g. same moe_layers, depth and widths).')
+    if expert_init not in EXPERT_INITS:
+        raise GrowError(f'expert_init must be one of {EXPERT_INITS}, got '
+                        f'{expert_init!r}.')
     moe_prefixes = {f'{name}.': name for name, _ in new_model.named_moe_layers()}
     num_classes = new_model.bbox_head.num_classes
     grown = {}
@@ -408,7 +420,7 @@ def grow_state_dict(old_state: Mapping[str, Tensor], new_model: DAMEX,
             sources = dict(source_experts.get(moe_prefixes[prefix], {}))
             value = _grow_moe_entry(
                 local, old, sources,
-                (gate_rows or {}).get(moe_prefixes[prefix]))
+                (gate_rows or {}).get(moe_prefixes[prefix]), expert_init)
         else:
             value = old
         if tuple(value.shape) != want:

@@ -229,6 +229,36 @@ def test_fitted_gate_rows_of_a_dataset_that_repeats_an_old_one(grown):
         assert not torch.equal(moe.gate.weight[OLD_EXPERTS], old_gate.mean(0))
 
 
+def test_zero_output_experts_start_from_the_shared_path(tool, grown,
+                                                       tmp_path):
+    """--expert-init zero_output: the new expert keeps its source's hidden
+    layer and outputs nothing, so the tokens it gets start with the shared
+    expert alone."""
+    old_config, old_ckpt, new_config, _, _ = grown
+    out = tmp_path / 'zero.pth'
+    tool.main([str(old_config), str(old_ckpt), str(new_config), str(out),
+               '--expert-init', 'zero_output'])
+    old_model, _, _ = build(old_config, old_ckpt)
+    new_model, _, meta = build(new_config, out)
+    info = meta['grown'][-1]
+    assert info['expert_init'] == 'zero_output'
+    old_moes = dict(old_model.named_moe_layers())
+    for name, moe in new_model.named_moe_layers():
+        source = info['source_experts'][name][OLD_EXPERTS]
+        old = old_moes[name]
+        assert torch.equal(moe.expert_w1[OLD_EXPERTS], old.expert_w1[source])
+        assert torch.equal(moe.expert_b1[OLD_EXPERTS], old.expert_b1[source])
+        assert not moe.expert_w2[OLD_EXPERTS].any()
+        assert not moe.expert_b2[OLD_EXPERTS].any()
+        assert torch.equal(moe.expert_w2[:OLD_EXPERTS], old.expert_w2)
+        tokens = torch.randn(1, 5, moe.embed_dims)
+        with torch.no_grad(), moe.force_experts(torch.tensor([OLD_EXPERTS])):
+            routed = moe(tokens, identity=torch.zeros_like(tokens))
+        expected = (moe.shared(tokens.reshape(-1, moe.embed_dims)).reshape(
+            tokens.shape) if moe.shared is not None else 0 * tokens)
+        torch.testing.assert_close(routed, expected)
+
+
 def test_fitted_gate_rows_need_the_old_datasets_val_images(
         tool, tiny_checkpoint, tiny_mixture, tmp_path):
     old_config, old_ckpt = tiny_checkpoint
