@@ -7,11 +7,13 @@
 #   python tools/train.py configs/demo/grow_damex_demo_add_scan.py
 # scan's class gets unified label 10 after the old 10 classes, expert 3 is
 # added to every MoE layer (a copy of the old expert scan's images route to
-# most), the old experts and their gate rows stay frozen, the gate's new row
-# learns at half the rate and everything else (the shared expert included)
-# at the full rate, under a routing loss of weight 0.3, and training replays
-# the old datasets. benchmarks/README.md#growing-a-trained-model measures it
-# against joint training and the recipes it replaced.
+# most) with a gate row fitted so that scan's tokens reach it and the old
+# datasets' keep their experts, the old experts and their gate rows stay
+# frozen, the gate's new row learns at half the rate and everything else
+# (the shared expert included) at the full rate, under a routing loss of
+# weight 1.0, and training replays the old datasets.
+# benchmarks/README.md#growing-a-trained-model measures it against joint
+# training and the recipes it replaced.
 _base_ = './grow_damex_demo_base.py'
 
 data_root = 'data/demo_mixture/'
@@ -22,9 +24,11 @@ load_from = 'work_dirs/grow_damex_demo_base/grown_add_scan.pth'
 model = dict(
     num_experts=4,
     dataset_to_expert=dataset_to_expert,
-    # Three times the base model's weight: with the gate's new row at half
-    # the rate it is what still sends scan's tokens to scan's expert.
-    routing_loss=dict(loss_weight=0.3),
+    # Ten times the base model's weight: the fitted gate rows start with
+    # every dataset's tokens at its expert, and the routing loss keeps them
+    # there while the features under the gate train (at 0.3 photo's tokens
+    # drifted to scan's expert).
+    routing_loss=dict(loss_weight=1.0),
     bbox_head=dict(num_classes=11))  # the old 10 + scan 1
 train_dataloader = dict(
     # Three quarters of the images replay the old datasets, in the shares

@@ -6,8 +6,9 @@
 #   python tools/train.py configs/examples/grow_custom_mixture.py
 # The new dataset's classes follow the old ones (old labels keep their
 # indices), expert 2 is added to every MoE layer as a copy of the old expert
-# that birds' val images route to most, the old experts stay frozen and the
-# old datasets are replayed. grow_checkpoint.py stops with a message if this
+# that birds' val images route to most, with a gate row fitted to the old and
+# new val images' tokens, the old experts stay frozen and the old datasets
+# are replayed. grow_checkpoint.py stops with a message if this
 # config cannot grow the old model (a dataset name already in use, old
 # classes that would move, an expert out of range, ...).
 _base_ = './damex_custom_mixture.py'
@@ -35,10 +36,11 @@ load_from = 'work_dirs/grown/init.pth'
 model = dict(
     num_experts=3,
     dataset_to_expert=dataset_to_expert,
-    # With the gate slowed below, a stronger routing loss is what still
-    # sends the new dataset's tokens to its expert (the demo's measured
-    # recipe, benchmarks/README.md#growing-a-trained-model).
-    routing_loss=dict(loss_weight=0.3),
+    # A stronger routing loss keeps every dataset's tokens at the experts
+    # that grow_checkpoint.py's fitted gate rows start them at, while the
+    # features under the gate train (the demo's measured recipe,
+    # benchmarks/README.md#growing-a-trained-model).
+    routing_loss=dict(loss_weight=1.0),
     # pets 2 + cars 3 + birds' categories (4 in its file, say).
     bbox_head=dict(num_classes=9))
 train_dataloader = dict(
