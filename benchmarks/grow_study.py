@@ -27,6 +27,7 @@ Usage:
         [--tag NAME --cfg-options KEY=VALUE ...]   # a variant of the grown
         # run's training, e.g. --tag rows --cfg-options
         # custom_hooks.4.gate_rows=False (joint, before and step 0 are shared)
+        [--tag NAME --gate-init mean]   # grown with the old gate rows' mean
 Results: work_dirs/study/grow/results.json (a variant's: results_NAME.json)
 and a markdown table on stdout.
 """
@@ -51,8 +52,6 @@ SETTING = 'default'  # the four demo datasets; its data serve every run
 STUDY = 'grow'  # the folder of this study's runs under --work-dir
 BASE_CONFIG = REPO / 'configs/demo/grow_damex_demo_base.py'
 GROWN_CONFIG = REPO / 'configs/demo/grow_damex_demo_add_scan.py'
-# How tools/grow_checkpoint.py starts the new gate rows (its --gate-init).
-GATE_INIT = 'fit'
 OLD, NEW = NAMES[:3], NAMES[3]
 # The mixture study's model that BASE_CONFIG inherits.
 JOINT_MODEL = 'damex'
@@ -77,13 +76,21 @@ def parse_args(argv=None):
     parser.add_argument('--tag', dest='variant', default='',
                         help='name of a variant of the grown run; its runs '
                         'and results are kept apart')
+    parser.add_argument('--gate-init', choices=('fit', 'mean'),
+                        default='fit',
+                        help='how tools/grow_checkpoint.py starts the new '
+                        'gate rows; every variant grows from the same '
+                        'checkpoint, which is grown again when this changes '
+                        '(default: %(default)s)')
     parser.add_argument('--cfg-options', dest='variant_options', nargs='+',
                         default=[], metavar='KEY=VALUE',
                         help='config overrides of the variant\'s grown run, '
                         'passed to tools/train.py')
     args = parser.parse_args(argv)
-    if args.variant_options and not args.variant:
-        parser.error('--cfg-options needs a --tag to keep its runs apart')
+    if (args.variant_options or args.gate_init != 'fit') \
+            and not args.variant:
+        parser.error('--cfg-options and --gate-init need a --tag to keep '
+                     'their runs apart')
     # The joint run is the mixture study's plain, untagged one.
     args.tag, args.cfg_options = '', []
     return args
@@ -129,9 +136,11 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def growth_stamp(base_checkpoint: Path, grown_text: str) -> str:
+def growth_stamp(base_checkpoint: Path, grown_text: str,
+                 gate_init: str) -> str:
     """A comment naming what the grown checkpoint is made of: the content of
-    the checkpoint before growing and the resolved grow config. It heads the
+    the checkpoint before growing, the resolved grow config and how the new
+    gate rows start (tools/grow_checkpoint.py --gate-init). It heads the
     grow config and the grown runs' configs, so that a run grown from another
     model or recipe is never taken for this one."""
     if not base_checkpoint.is_file():
@@ -140,7 +149,7 @@ def growth_stamp(base_checkpoint: Path, grown_text: str) -> str:
     return (f'# grows {base_checkpoint.name} '
             f'sha256={file_digest(base_checkpoint)} '
             f'with resolved={resolved_digest(grown_text)} '
-            f'gate_init={GATE_INIT}\n')
+            f'gate_init={gate_init}\n')
 
 
 def is_stale(init: Path, grown_config: Path, stamped_text: str) -> bool:
@@ -169,7 +178,8 @@ def grow_seed(seed: int, args, progress) -> dict:
     schedule = [f'param_scheduler.1.end={args.grow_iters}',
                 f'param_scheduler.1.milestones=[{int(0.8 * args.grow_iters)}]']
     base_checkpoint = base_dir / f'iter_{args.max_iters}.pth'
-    grown_text = growth_stamp(base_checkpoint, grown_text) + grown_text
+    grown_text = growth_stamp(base_checkpoint, grown_text,
+                              args.gate_init) + grown_text
     step0_dir = study_dir / f'grown_seed{seed}_step0'
     grown_config = study_dir / f'grown_seed{seed}_grow.py'
     # Every variant trains from the same grown checkpoint.
@@ -184,7 +194,7 @@ def grow_seed(seed: int, args, progress) -> dict:
                  [str(study_dir / f'before_seed{seed}.py'),
                   str(base_checkpoint),
                   str(grown_config), str(init), '--force',
-                  '--gate-init', GATE_INIT], 'grow'),
+                  '--gate-init', args.gate_init], 'grow'),
                 ('test.py', [str(grown_config), str(init), '--work-dir',
                              str(step0_dir)], 'step0')):
             with open(study_dir / f'grown_seed{seed}_{log}.log', 'w') as out:

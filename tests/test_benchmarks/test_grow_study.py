@@ -56,20 +56,25 @@ def test_the_grown_checkpoint_is_made_again_only_when_stale(tmp_path):
     config = tmp_path / 'grow.py'
     recipe = "_base_ = []\nmax_iters = 150\n"
     base.write_bytes(b'before')
-    stamped = study.growth_stamp(base, recipe) + recipe
+    stamped = study.growth_stamp(base, recipe, 'fit') + recipe
     assert study.is_stale(init, config, stamped)
     init.write_bytes(b'grown')
     assert study.is_stale(init, config, stamped)  # no config: never grown
     config.write_text(stamped)
     assert not study.is_stale(init, config, stamped)
-    # Another recipe, or the model before growing trained again.
+    # Another recipe, other gate rows, or the model before growing trained
+    # again.
     edited = "_base_ = []\nmax_iters = 100\n"
-    assert study.is_stale(init, config, study.growth_stamp(base, edited) + edited)
+    assert study.is_stale(init, config,
+                          study.growth_stamp(base, edited, 'fit') + edited)
+    assert study.is_stale(init, config,
+                          study.growth_stamp(base, recipe, 'mean') + recipe)
     base.write_bytes(b'retrained')
-    assert study.is_stale(init, config, study.growth_stamp(base, recipe) + recipe)
+    assert study.is_stale(init, config,
+                          study.growth_stamp(base, recipe, 'fit') + recipe)
     base.unlink()
     with pytest.raises(SystemExit, match='iter_500.pth is missing'):
-        study.growth_stamp(base, recipe)
+        study.growth_stamp(base, recipe, 'fit')
 
 
 def test_a_variant_trains_its_own_run_from_the_shared_grown_checkpoint(
@@ -114,6 +119,12 @@ def test_a_variant_trains_its_own_run_from_the_shared_grown_checkpoint(
     # Both grown runs' configs carry the stamp of what they grow from.
     assert trained[1][1] == trained[3][1]
     assert trained[1][1].startswith('# grows iter_500.pth sha256=')
+    # A variant on other gate rows grows again, with the tool told so.
+    grow('--tag', 'mean', '--gate-init', 'mean')
+    assert tools[2:] == ['grow_checkpoint.py', 'test.py']
+    assert 'gate_init=mean' in trained[-1][1].splitlines()[0]
+    with pytest.raises(SystemExit):
+        study.parse_args(['--gate-init', 'mean'])  # the config's runs: fit
 
 
 def test_goal_table_tells_a_routing_drop_from_a_low_start():
