@@ -142,13 +142,13 @@ def route_val_images(old_model: DAMEX, new_cfg: Config,
     moes = list(model.named_moe_layers())
     inputs = {}
 
-    def keep_input(module, args, kwargs, name):
-        inputs[name] = args[0] if args else kwargs['x']
+    def keep_input(name):
+        def hook(module, args, kwargs):
+            inputs[name] = args[0] if args else kwargs['x']
+        return hook
 
-    hooks = [moe.register_forward_pre_hook(
-        lambda module, args, kwargs, name=name: keep_input(
-            module, args, kwargs, name), with_kwargs=True)
-        for name, moe in moes]
+    hooks = [moe.register_forward_pre_hook(keep_input(name), with_kwargs=True)
+             for name, moe in moes]
     statistics = RoutingStatistics(names)
     tokens = {name: {} for name, _ in moes}
     sampler = torch.Generator().manual_seed(0)

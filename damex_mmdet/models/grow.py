@@ -9,7 +9,10 @@ A model trained on some datasets learns new ones without starting over:
   new class;
 * every MoE layer gains the experts the new datasets map to, each a copy of
   the old expert that the new data already routes to most in that layer
-  (:func:`source_experts_from_counts`), with a gate row;
+  (:func:`source_experts_from_counts`), and a gate row; with
+  ``expert_init='zero_output'`` a new expert's output projection starts at
+  zero, so its tokens start from the shared expert alone (from the
+  identity in a model without one);
 * everything else is copied unchanged (:func:`grow_state_dict`).
 
 New rows start so that the grown model behaves like the old one on the old
@@ -38,9 +41,9 @@ classes and datasets:
   new experts from the first step while every measured old token keeps its
   first choice. Growing from the mean rows, the routing loss has to teach
   the new rows while the features under them move, and on the demo mixture
-  the new rows learned to take a fifth of an old dataset's tokens whose
-  features lay close to the new dataset's, although a linear gate row
-  separates the two in the trained model's features.
+  the new rows learned to take a fifth of an old dataset's tokens in one
+  layer, although a linear gate row separates the two datasets in the
+  trained model's features there.
 """
 import re
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
