@@ -137,8 +137,8 @@ class DAMEXLoss(_RoutingLoss):
             the weighted mean (as ``class_weight`` in mmdet's ``CrossEntropyLoss``). Where a
             sampler over-represents some datasets, weights of (their share in the whole
             mixture / their sampled share) give the gate the trade-off between datasets that
-            it would learn on the whole mixture; growing a model with a replayed mixture
-            uses this.
+            it would learn on the whole mixture (measured when growing a model on a
+            replayed mixture: benchmarks/README.md#growing-a-trained-model).
     """
 
     def __init__(self, loss_weight: float = 0.1,
