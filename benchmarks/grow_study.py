@@ -42,6 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from damex_mmdet.datasets.demo import generate_demo_mixture
+from damex_mmdet.models import GATE_INITS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mixture_study import (DEFAULT_NUM_VAL, NAMES, REPO, final_metrics,  # noqa: E402,E501
@@ -76,7 +77,7 @@ def parse_args(argv=None):
     parser.add_argument('--tag', dest='variant', default='',
                         help='name of a variant of the grown run; its runs '
                         'and results are kept apart')
-    parser.add_argument('--gate-init', choices=('fit', 'mean'),
+    parser.add_argument('--gate-init', choices=GATE_INITS,
                         default='fit',
                         help='how tools/grow_checkpoint.py starts the new '
                         'gate rows; every variant grows from the same '

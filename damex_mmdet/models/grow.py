@@ -321,9 +321,7 @@ def fit_new_gate_rows(old_gate: Tensor, old_tokens: Tensor,
     rise = old_x @ (fitted - mean_rows).T
     steps = torch.where(rise > 0, (old_best[:, None] - at_mean) / rise,
                         torch.full_like(rise, float('inf')))
-    step = min(1., float(steps.min()) * GATE_FIT_MARGIN) if steps.numel() \
-        else 1.
-    step = max(step, 0.)
+    step = min(1., float(steps.min()) * GATE_FIT_MARGIN)
     rows = mean_rows + step * (fitted - mean_rows)
     return rows.to(old_gate.dtype), step
 

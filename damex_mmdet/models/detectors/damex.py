@@ -248,7 +248,7 @@ class DAMEX(DINO):
         return torch.cat([denoising, matched], dim=1)
 
     def counted_tokens(self, name: str, moe: MoEFFN,
-                        batch_data_samples: SampleList) -> Tensor:
+                       batch_data_samples: SampleList) -> Tensor:
         """Mask of the tokens routing losses and statistics count.
 
         Padding tokens never count: the encoder's padded feature positions,
