@@ -31,6 +31,8 @@ val_sets = [
          img_prefix='data/birds/images/'),
 ]
 dataset_to_expert = dict(pets=0, cars=1, birds=2)
+# Half of each epoch is new data, the rest replays the old datasets.
+replay_ratios = dict(pets=1, cars=1, birds=2)
 load_from = 'work_dirs/grown/init.pth'
 
 model = dict(
@@ -38,15 +40,21 @@ model = dict(
     dataset_to_expert=dataset_to_expert,
     # A stronger routing loss keeps every dataset's tokens at the experts
     # that grow_checkpoint.py's fitted gate rows start them at, while the
-    # features under the gate train (the demo's measured recipe,
-    # benchmarks/README.md#growing-a-trained-model).
-    routing_loss=dict(loss_weight=1.0),
+    # features under the gate train; weighting each expert's tokens by
+    # 1 / its dataset's ratio (one dataset per expert) keeps the new data's
+    # larger share from outweighing the old datasets' (the demo's measured
+    # recipe, benchmarks/README.md#growing-a-trained-model).
+    routing_loss=dict(
+        loss_weight=1.0,
+        expert_weight=[
+            1 / replay_ratios[name]
+            for name in sorted(dataset_to_expert, key=dataset_to_expert.get)
+        ]),
     # pets 2 + cars 3 + birds' categories (4 in its file, say).
     bbox_head=dict(num_classes=9))
 train_dataloader = dict(
-    # Half of each epoch is new data, the rest replays the old datasets.
     sampler=dict(_delete_=True, type='MixtureSampler', mode='ratios',
-                 ratios=dict(pets=1, cars=1, birds=2)),
+                 ratios=replay_ratios),
     dataset=dict(datasets=train_sets))
 val_dataloader = dict(dataset=dict(datasets=val_sets))
 test_dataloader = val_dataloader

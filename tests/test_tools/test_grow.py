@@ -534,7 +534,15 @@ def test_grow_configs_extend_their_base(base, grown):
         new.model.dataset_to_expert, new.model.num_experts, added)
     hook = next(h for h in new.custom_hooks if h.type == 'ExpertLrMultHook')
     assert hook.experts == list(range(old.model.num_experts))
-    assert set(new.train_dataloader.sampler.ratios) == set(new_names)
+    ratios = new.train_dataloader.sampler.ratios
+    assert set(ratios) == set(new_names)
+    # Each expert's tokens weigh 1 / its dataset's ratio in the routing loss:
+    # every expert holds the same share of it, whatever the replay shares.
+    weights = new.model.routing_loss.expert_weight
+    assert len(weights) == new.model.num_experts
+    shares = {ratios[name] * weights[expert]
+              for name, expert in new.model.dataset_to_expert.items()}
+    assert shares == {1.0}
     assert any(h.type == 'StrictLoadHook' for h in new.custom_hooks)
     if base.startswith('demo'):
         assert new_experts == {3: ['scan']}

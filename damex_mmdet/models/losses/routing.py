@@ -134,11 +134,11 @@ class DAMEXLoss(_RoutingLoss):
         weight_schedule: None (constant) or a decay, see :class:`_RoutingLoss`.
         expert_weight: None, or one non-negative weight per expert: each token's
             cross-entropy counts with the weight of its target expert, and a layer's loss is
-            the weighted mean (as ``class_weight`` in mmdet's ``CrossEntropyLoss``). Where a
-            sampler over-represents some datasets, weights of (their share in the whole
-            mixture / their sampled share) give the gate the trade-off between datasets that
-            it would learn on the whole mixture (measured when growing a model on a
-            replayed mixture: benchmarks/README.md#growing-a-trained-model).
+            the weighted mean (as ``class_weight`` in mmdet's ``CrossEntropyLoss``). With
+            weights of 1 / each dataset's sampling ratio, every expert holds the same
+            share of the loss whatever the sampler draws: the growth configs use that so
+            that the new dataset's larger share does not outweigh what keeps the old
+            datasets' tokens at their experts (benchmarks/README.md#growing-a-trained-model).
     """
 
     def __init__(self, loss_weight: float = 0.1,
