@@ -329,9 +329,11 @@ def run(setting, model, sampler, seed, args, progress):
                                    finished, args.cfg_options))
     dense_iters = round(int(model[len(UPCYCLED):]) / 100 * args.max_iters)
     damex_iters = args.max_iters - dense_iters
-    # The dense phase runs the demo schedule and stops early, without
-    # validation; the variant's --cfg-options are DAMEX options and apply to
-    # the DAMEX phase only.
+    # The dense phase runs the demo schedule and stops early. The
+    # val_interval past its end does not stop mmengine from validating once at
+    # the last iteration (a minute of the run); it stays because stored runs
+    # are reused by their config text. The variant's --cfg-options are DAMEX
+    # options and apply to the DAMEX phase only.
     dense_text = study_config(setting, data_root, 'dino', seed, dense_iters,
                               sampler) + (
         f'train_cfg.update(val_interval={args.max_iters + 1})\n')
