@@ -20,7 +20,8 @@ Per dataset (:func:`label_block_confusion`):
 - ``detections``: detections scoring at least ``score_thr``;
   ``wrong_block``: the share of them labelled with a class the dataset does
   not own, and ``wrong_block_by_owner``: how many fell in each other
-  dataset's block (datasets sharing a block are joined with ``+``);
+  dataset's block (datasets sharing a block are joined with ``+``; ``none``
+  for a class that no dataset of the predictions owns);
 - ``objects``: ground-truth boxes (ignored ones left out); ``found``: those
   that some detection, of any score, overlaps with IoU >= ``iou_thr``;
   ``top_wrong_block``: of the found, the share whose best-scoring
@@ -31,6 +32,9 @@ from typing import Dict, Mapping, Sequence, Tuple
 
 import torch
 from mmdet.structures.bbox import bbox_overlaps
+
+from ..datasets.mixture import (DATASET_CLASSES_KEY, DATASET_NAME_KEY,
+                                RAW_INSTANCES_KEY)
 
 DUMP_HINT = ('dump them with tools/test.py CONFIG CHECKPOINT --out '
              'predictions.pkl on a DatasetMixture val/test set')
@@ -45,14 +49,14 @@ def label_owners(results: Sequence[Mapping]) -> Dict[int, Tuple[str, ...]]:
     samples' ``dataset`` and ``dataset_classes``."""
     owners = defaultdict(set)
     for index, sample in enumerate(results):
-        missing = [key for key in ('dataset', 'dataset_classes', 'pred_instances')
-                   if key not in sample]
+        missing = [key for key in (DATASET_NAME_KEY, DATASET_CLASSES_KEY,
+                                   'pred_instances') if key not in sample]
         if missing:
             raise LabelConfusionError(
                 f'prediction {index} has no {", ".join(missing)}: the '
                 f'analysis needs predictions of a DatasetMixture; {DUMP_HINT}.')
-        for label in sample['dataset_classes']:
-            owners[int(label)].add(sample['dataset'])
+        for label in sample[DATASET_CLASSES_KEY]:
+            owners[int(label)].add(sample[DATASET_NAME_KEY])
     return {label: tuple(sorted(names)) for label, names in owners.items()}
 
 
@@ -63,10 +67,10 @@ def label_block_confusion(results: Sequence[Mapping], score_thr: float = 0.3,
     owners = label_owners(results)
     counts: Dict[str, Dict] = {}
     for sample in results:
-        stats = counts.setdefault(sample['dataset'], dict(
+        stats = counts.setdefault(sample[DATASET_NAME_KEY], dict(
             detections=0, wrong=0, by_owner=Counter(), objects=0, found=0,
             top_wrong=0))
-        own = {int(label) for label in sample['dataset_classes']}
+        own = {int(label) for label in sample[DATASET_CLASSES_KEY]}
         predictions = sample['pred_instances']
         labels = predictions['labels'].tolist()
         scores = predictions['scores']
@@ -76,7 +80,7 @@ def label_block_confusion(results: Sequence[Mapping], score_thr: float = 0.3,
                 if label not in own:
                     stats['wrong'] += 1
                     stats['by_owner']['+'.join(owners.get(label, ('none',)))] += 1
-        boxes = [instance['bbox'] for instance in sample.get('instances', [])
+        boxes = [instance['bbox'] for instance in sample.get(RAW_INSTANCES_KEY, [])
                  if not instance.get('ignore_flag', 0)]
         stats['objects'] += len(boxes)
         if not boxes or not labels:
