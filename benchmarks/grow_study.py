@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from damex_mmdet.datasets.demo import generate_demo_mixture
+from damex_mmdet.demo import generate_demo_mixture
 from damex_mmdet.models import GATE_INITS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

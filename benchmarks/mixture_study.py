@@ -54,7 +54,7 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from damex_mmdet.datasets.demo import DEMO_DATASETS, generate_demo_mixture
+from damex_mmdet.demo import DEMO_DATASETS, generate_demo_mixture
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = dict(dino='configs/demo/dino_demo.py', moe='configs/demo/moe_demo.py',

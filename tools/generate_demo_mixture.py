@@ -8,7 +8,7 @@ Re-running with the same arguments reuses the files already there.
 """
 import argparse
 
-from damex_mmdet.datasets.demo import generate_demo_mixture
+from damex_mmdet.demo import generate_demo_mixture
 
 
 def parse_args() -> argparse.Namespace:

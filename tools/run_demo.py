@@ -23,7 +23,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from damex_mmdet.analysis import analyze_routing
-from damex_mmdet.datasets.demo import generate_demo_mixture
+from damex_mmdet.demo import generate_demo_mixture
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The targets of the demo on a 2-core CPU.

@@ -10,7 +10,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import PARAM_SCHEDULERS
 
-from damex_mmdet.datasets.demo import generate_demo_mixture
+from damex_mmdet.demo import generate_demo_mixture
 
 from ..conftest import REPO_ROOT, load_script
 

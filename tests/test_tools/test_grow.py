@@ -16,7 +16,7 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
-from damex_mmdet.datasets.demo import DEMO_DATASETS
+from damex_mmdet.demo import DEMO_DATASETS
 from damex_mmdet.datasets.label_space import UnifiedLabelSpace
 from damex_mmdet.engine.hooks import ExpertLrMultHook
 from damex_mmdet.models import (GrowError, MoEFFN, check_grown_expert_map,

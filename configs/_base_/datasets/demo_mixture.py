@@ -1,5 +1,5 @@
 # The embedded demo mixture written by `tools/generate_demo_mixture.py`
-# (damex_mmdet.datasets.demo): four small COCO-format datasets with disparate
+# (damex_mmdet.demo): four small COCO-format datasets with disparate
 # domains, divergent label sets and one limited-data set ("scan").
 demo_data_root = 'data/demo_mixture/'
 demo_dataset_names = ['photo', 'sketch', 'aerial', 'scan']

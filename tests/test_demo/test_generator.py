@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from damex_mmdet.datasets.demo import DEMO_DATASETS, MANIFEST_NAME, generate_demo_mixture
+from damex_mmdet.demo import DEMO_DATASETS, MANIFEST_NAME, generate_demo_mixture
 
 # Tiny splits keep the module fast; scan's 3 training images stay fewer than the others'.
 NUM_TRAIN = {'photo': 4, 'sketch': 4, 'aerial': 4, 'scan': 3}
