@@ -30,7 +30,7 @@ def tiny_mixture(tmp_path_factory):
     """A small demo mixture on disk (8 train / 4 val images per dataset)."""
     from damex_mmdet.demo import generate_demo_mixture
     root = tmp_path_factory.mktemp('tiny_mixture')
-    generate_demo_mixture(root, seed=0, num_train=8, num_val=4,
+    generate_demo_mixture(root, seed=0, num_train=8, num_val=4, num_test=4,
                           progress=False)
     return root
 

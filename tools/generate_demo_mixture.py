@@ -19,19 +19,22 @@ def parse_args() -> argparse.Namespace:
                         help='training images per dataset (default: per-dataset sizes)')
     parser.add_argument('--num-val', type=int, default=None,
                         help='validation images per dataset (default: per-dataset sizes)')
+    parser.add_argument('--num-test', type=int, default=None,
+                        help='test images per dataset (default: per-dataset sizes)')
     parser.add_argument('--no-progress', action='store_true', help='hide progress bars')
     return parser.parse_args()
 
 
 def format_summary(description: dict) -> str:
     """A plain-text table: one row per dataset, then where its files are."""
-    header = ('dataset', 'size (HxW)', 'train img/obj', 'val img/obj', 'classes')
+    header = ('dataset', 'size (HxW)', 'train img/obj', 'val img/obj', 'test img/obj', 'classes')
     rows = [header]
     for name, entry in description.items():
         height, width = entry['image_size']
         rows.append((name, f'{height}x{width}',
                      f"{entry['train']['num_images']}/{entry['train']['num_objects']}",
                      f"{entry['val']['num_images']}/{entry['val']['num_objects']}",
+                     f"{entry['test']['num_images']}/{entry['test']['num_objects']}",
                      ', '.join(entry['classes'])))
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     lines = ['  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
@@ -40,14 +43,16 @@ def format_summary(description: dict) -> str:
     lines.append('')
     for name, entry in description.items():
         lines.append(f"{name}: data_root={entry['data_root']}  "
-                     f"ann_file=annotations/{{train,val}}.json  img=images/{{train,val}}/")
+                     f"ann_file=annotations/{{train,val,test}}.json  "
+                     f"img=images/{{train,val,test}}/")
     return '\n'.join(lines)
 
 
 def main() -> None:
     args = parse_args()
     description = generate_demo_mixture(args.out, seed=args.seed, num_train=args.num_train,
-                                         num_val=args.num_val, progress=not args.no_progress)
+                                         num_val=args.num_val, num_test=args.num_test,
+                                         progress=not args.no_progress)
     print(format_summary(description))
 
 

@@ -5,18 +5,21 @@ label sets and very different amounts of data. ``make demo`` must show DAMEX on 
 without internet, so this module renders a miniature of that situation instead of
 downloading it:
 
-========  =========================================  ========================  ===========
-name      domain                                     classes                   train / val
-========  =========================================  ========================  ===========
-photo     shaded silhouettes on textured colour      person, car, dog          250 / 60
+========  =========================================  ========================  ================
+name      domain                                     classes                   train / val / test
+========  =========================================  ========================  ================
+photo     shaded silhouettes on textured colour      person, car, dog          250 / 60 / 60
           gradients, 112x144, 1-3 objects
-sketch    jittered ink outlines on paper, 128x128,   person, car, house, tree  250 / 60
+sketch    jittered ink outlines on paper, 128x128,   person, car, house, tree  250 / 60 / 60
           1-4 objects
-aerial    top-down terrain, 4-10 small rotated       plane, ship, vehicle      250 / 60
+aerial    top-down terrain, 4-10 small rotated       plane, ship, vehicle      250 / 60 / 60
           objects (boxes 9-34 px), 128x128
-scan      grey CT-like slices, 1-3 faint blobs,      lesion                    40 / 60
+scan      grey CT-like slices, 1-3 faint blobs,      lesion                    40 / 60 / 60
           limited data, 128x128
-========  =========================================  ========================  ===========
+========  =========================================  ========================  ================
+
+Three splits: ``train`` to learn, ``val`` to choose (configurations, samplers, learning rates,
+checkpoints), ``test`` to report what was chosen; nothing is ever selected on ``test``.
 
 ``person`` and ``car`` are shared by ``photo`` and ``sketch`` (same geometry, different
 rendering), the way VOC, Clipart and Comic share class names in UODB.
@@ -34,8 +37,8 @@ object painted (anti-aliased edges included), so a box is never looser or tighte
 drawing; ``area`` is the box area, as in box-only datasets.
 
 Generation is deterministic: every (dataset, split) draws from its own PCG64 generator seeded
-from ``(seed, name, split)``, so the same seed gives byte-identical files and a smaller split
-is a prefix of a larger one.
+from ``(seed, name, split)``, so the same seed gives byte-identical files, a smaller split
+is a prefix of a larger one, and adding a split (``test``, version 2) left the others unchanged.
 """
 import json
 import zlib
@@ -48,8 +51,8 @@ import numpy as np
 from tqdm import tqdm
 
 #: Bump whenever the rendering or the specs change, so cached mixtures are regenerated.
-DEMO_MIXTURE_VERSION = 1
-SPLITS = ('train', 'val')
+DEMO_MIXTURE_VERSION = 2
+SPLITS = ('train', 'val', 'test')
 MANIFEST_NAME = 'manifest.json'
 
 
@@ -63,6 +66,7 @@ class DemoDatasetSpec:
         image_size: ``(height, width)`` of every image.
         num_train: Default number of training images.
         num_val: Default number of validation images.
+        num_test: Default number of test images.
         objects_per_image: Inclusive ``(min, max)`` number of objects per image.
         object_size: ``(min, max)`` of ``sqrt(w * h)`` of an object's nominal box, pixels.
         max_iou: Largest IoU allowed between two objects' boxes; 0 keeps objects apart.
@@ -73,19 +77,20 @@ class DemoDatasetSpec:
     image_size: Tuple[int, int]
     num_train: int
     num_val: int
+    num_test: int
     objects_per_image: Tuple[int, int]
     object_size: Tuple[float, float]
     max_iou: float
 
 
 DEMO_DATASETS: Tuple[DemoDatasetSpec, ...] = (
-    DemoDatasetSpec('photo', ('person', 'car', 'dog'), (112, 144), 250, 60, (1, 3),
+    DemoDatasetSpec('photo', ('person', 'car', 'dog'), (112, 144), 250, 60, 60, (1, 3),
                     (30.0, 54.0), 0.25),
-    DemoDatasetSpec('sketch', ('person', 'car', 'house', 'tree'), (128, 128), 250, 60, (1, 4),
+    DemoDatasetSpec('sketch', ('person', 'car', 'house', 'tree'), (128, 128), 250, 60, 60, (1, 4),
                     (30.0, 56.0), 0.0),
-    DemoDatasetSpec('aerial', ('plane', 'ship', 'vehicle'), (128, 128), 250, 60, (4, 10),
+    DemoDatasetSpec('aerial', ('plane', 'ship', 'vehicle'), (128, 128), 250, 60, 60, (4, 10),
                     (12.0, 19.0), 0.0),
-    DemoDatasetSpec('scan', ('lesion', ), (128, 128), 40, 60, (1, 3), (10.0, 20.0), 0.0),
+    DemoDatasetSpec('scan', ('lesion', ), (128, 128), 40, 60, 60, (1, 3), (10.0, 20.0), 0.0),
 )
 
 # --------------------------------------------------------------------------------------------
@@ -609,11 +614,12 @@ def _split_rng(seed: int, name: str, split: str) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
 
 
-def _resolve_counts(num_train: CountOverride, num_val: CountOverride) -> Dict[str, Dict[str, int]]:
-    """``{name: {'train': n, 'val': n}}``: the specs' sizes with the overrides applied."""
+def _resolve_counts(overrides: Mapping[str, CountOverride]) -> Dict[str, Dict[str, int]]:
+    """``{name: {split: n}}``: the specs' sizes with the ``{split: override}`` applied."""
     known = {spec.name for spec in DEMO_DATASETS}
-    counts = {spec.name: {'train': spec.num_train, 'val': spec.num_val} for spec in DEMO_DATASETS}
-    for split, override in (('train', num_train), ('val', num_val)):
+    counts = {spec.name: {split: getattr(spec, f'num_{split}') for split in SPLITS}
+              for spec in DEMO_DATASETS}
+    for split, override in overrides.items():
         if override is None:
             continue
         per_dataset = override if isinstance(override, Mapping) else dict.fromkeys(known, override)
@@ -719,6 +725,7 @@ def _read_manifest(path: Path) -> Optional[dict]:
 
 def generate_demo_mixture(out_dir: Union[str, Path], seed: int = 0,
                           num_train: CountOverride = None, num_val: CountOverride = None,
+                          num_test: CountOverride = None,
                           progress: bool = True) -> Dict[str, dict]:
     """Write the demo mixture under ``out_dir``, or reuse it if it is already there.
 
@@ -728,18 +735,19 @@ def generate_demo_mixture(out_dir: Union[str, Path], seed: int = 0,
         num_train: Training images per dataset: an int for all datasets, a dict
             ``{name: count}`` for some, or None for the defaults of :data:`DEMO_DATASETS`.
         num_val: Validation images per dataset, like ``num_train``.
+        num_test: Test images per dataset, like ``num_train``.
         progress: Show one progress bar per dataset.
 
     Returns:
-        ``{name: {'classes', 'image_size', 'data_root', 'train': split, 'val': split}}`` in
-        :data:`DEMO_DATASETS` order, where each split is ``{'ann_file', 'img_prefix',
+        ``{name: {'classes', 'image_size', 'data_root', 'train': split, 'val': split,
+        'test': split}}`` in :data:`DEMO_DATASETS` order, where each split is ``{'ann_file', 'img_prefix',
         'num_images', 'num_objects'}`` with paths under ``out_dir``.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f'seed must be a non-negative int, got {seed!r}')
     seed = int(seed)
     out_dir = Path(out_dir)
-    counts = _resolve_counts(num_train, num_val)
+    counts = _resolve_counts(dict(train=num_train, val=num_val, test=num_test))
     manifest_path = out_dir / MANIFEST_NAME
 
     cached = _read_manifest(manifest_path)

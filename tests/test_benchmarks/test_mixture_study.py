@@ -81,9 +81,9 @@ def test_a_finished_run_is_not_reused_once_its_base_config_changed(tmp_path):
 
 
 def test_more_val_images_leave_the_training_images_unchanged(tmp_path):
-    small = generate_demo_mixture(tmp_path / 'small', num_train=2, num_val=1,
+    small = generate_demo_mixture(tmp_path / 'small', num_train=2, num_val=1, num_test=1,
                                   progress=False)
-    large = generate_demo_mixture(tmp_path / 'large', num_train=2, num_val=3,
+    large = generate_demo_mixture(tmp_path / 'large', num_train=2, num_val=3, num_test=1,
                                   progress=False)
     for name in small:
         train_small, train_large = small[name]['train'], large[name]['train']

@@ -8,15 +8,25 @@ import pytest
 from pycocotools.coco import COCO
 
 from damex_mmdet.demo import DEMO_DATASETS, MANIFEST_NAME, generate_demo_mixture
+from damex_mmdet.demo.generator import SPLITS
 
 # Tiny splits keep the module fast; scan's 3 training images stay fewer than the others'.
 NUM_TRAIN = {'photo': 4, 'sketch': 4, 'aerial': 4, 'scan': 3}
 NUM_VAL = 2
+NUM_TEST = 2
+# Decoded pixels of the first train and val image of each dataset as version 1 (before the
+# test split existed) wrote them: adding a split must leave the other splits unchanged.
+VERSION_1_PIXELS = {
+    'photo_train_0000.png': '43477ff25bb685eb', 'photo_val_0000.png': '247f4c081257df93',
+    'sketch_train_0000.png': '7ca752f419443f5b', 'sketch_val_0000.png': '852b708bd1622ac6',
+    'aerial_train_0000.png': '0ff2f13f0bf592ca', 'aerial_val_0000.png': '32f4413b296faf54',
+    'scan_train_0000.png': 'f097865dccec027d', 'scan_val_0000.png': '2ea9494cb0c1c878',
+}
 
 
 def generate(out_dir: Path, seed: int = 0) -> dict:
     return generate_demo_mixture(out_dir, seed=seed, num_train=NUM_TRAIN, num_val=NUM_VAL,
-                                 progress=False)
+                                 num_test=NUM_TEST, progress=False)
 
 
 def file_digests(root: Path) -> dict:
@@ -40,7 +50,8 @@ def test_description_matches_specs(mixture):
         assert entry['classes'] == spec.classes
         assert entry['train']['num_images'] == NUM_TRAIN[spec.name]
         assert entry['val']['num_images'] == NUM_VAL
-        for split in ('train', 'val'):
+        assert entry['test']['num_images'] == NUM_TEST
+        for split in ('train', 'val', 'test'):
             assert Path(entry[split]['ann_file']).is_file()
             assert Path(entry[split]['img_prefix']).is_dir()
     assert (out_dir / MANIFEST_NAME).is_file()
@@ -61,18 +72,32 @@ def test_same_seed_gives_same_bytes_and_other_seed_differs(mixture, tmp_path):
 
 def test_splits_are_prefixes_of_larger_splits(mixture, tmp_path):
     out_dir, _ = mixture
-    generate_demo_mixture(tmp_path, num_train=1, num_val=1, progress=False)
+    generate_demo_mixture(tmp_path, num_train=1, num_val=1, num_test=1, progress=False)
     for spec in DEMO_DATASETS:
         name = f'{spec.name}_train_0000.png'
         relative = Path(spec.name, 'images', 'train', name)
         assert (tmp_path / relative).read_bytes() == (out_dir / relative).read_bytes()
 
 
+def test_train_and_val_are_those_of_version_1_and_test_is_new(mixture):
+    out_dir, _ = mixture
+    pixels = {}
+    for spec in DEMO_DATASETS:
+        for split in SPLITS:
+            path = out_dir / spec.name / 'images' / split / f'{spec.name}_{split}_0000.png'
+            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            pixels[path.name] = hashlib.sha256(image.tobytes()).hexdigest()[:16]
+    assert {name: pixels[name] for name in VERSION_1_PIXELS} == VERSION_1_PIXELS
+    # The test split draws from its own stream: no test image repeats a val image.
+    for spec in DEMO_DATASETS:
+        assert pixels[f'{spec.name}_test_0000.png'] != pixels[f'{spec.name}_val_0000.png']
+
+
 def test_annotations_are_valid_coco(mixture):
     _, description = mixture
     for spec in DEMO_DATASETS:
         height, width = spec.image_size
-        for split in ('train', 'val'):
+        for split in SPLITS:
             coco = COCO(description[spec.name][split]['ann_file'])
             categories = coco.loadCats(coco.getCatIds())
             assert [(c['id'], c['name']) for c in categories] == list(
@@ -142,13 +167,14 @@ def test_loads_with_mmdet_coco_dataset(mixture):
 
 
 def test_rerun_reuses_files_and_new_counts_regenerate(tmp_path):
-    first = generate_demo_mixture(tmp_path, num_train=2, num_val=1, progress=False)
+    first = generate_demo_mixture(tmp_path, num_train=2, num_val=1, num_test=1, progress=False)
     mtimes = {path: path.stat().st_mtime_ns for path in tmp_path.rglob('*') if path.is_file()}
-    assert generate_demo_mixture(tmp_path, num_train=2, num_val=1, progress=False) == first
+    assert generate_demo_mixture(tmp_path, num_train=2, num_val=1, num_test=1, progress=False) == first
     assert {path: path.stat().st_mtime_ns for path in mtimes} == mtimes
 
     fewer = {'photo': 2, 'sketch': 2, 'aerial': 2, 'scan': 1}
-    second = generate_demo_mixture(tmp_path, num_train=fewer, num_val=1, progress=False)
+    second = generate_demo_mixture(tmp_path, num_train=fewer, num_val=1, num_test=1,
+                                   progress=False)
     assert second['scan']['train']['num_images'] == 1
     # The image left over from the larger split is removed, not kept as a stray file.
     assert sorted(p.name for p in (tmp_path / 'scan' / 'images' / 'train').iterdir()) == [
