@@ -19,7 +19,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from mmengine.logging import print_log
 
-from .converters.coco_builder import duplicate_ids, is_xywh_box
+from .converters.coco_builder import area_exceeds_box, duplicate_ids, is_xywh_box
 
 # Boxes with a true `ignore` key: mmdet deletes them, where `iscrowd` would
 # keep them as ignore regions.
@@ -147,6 +147,7 @@ def check_coco_annotations(ann_file: str,
               f'annotation of the classes {list(classes)}',
               'Check the annotation file or drop the dataset.')
 
+    _report_oversized_areas(boxes, dataset, ann_file)
     dropped = _dropped_box_ids(boxes, image_sizes)
     _report_dropped_boxes(dropped, len(boxes), max_dropped_box_fraction,
                           dataset, ann_file)
@@ -250,6 +251,28 @@ def _check_entries(images: List[dict], annotations: List[dict],
         if bad:
             _fail(dataset, ann_file, f'{kind} ids {_shown(bad)} {problem}',
                   fix)
+
+
+def _report_oversized_areas(boxes: List[dict], dataset: str,
+                            ann_file: str) -> None:
+    """Warn about boxes whose ``area`` exceeds their width x height
+    (:func:`area_exceeds_box`): training ignores the area, but the COCO
+    evaluation would score them in a larger size range."""
+    oversized = [ann for ann in boxes if area_exceeds_box(ann)]
+    if not oversized:
+        return
+    example = oversized[0]
+    _, _, width, height = example['bbox']
+    print_log(f'dataset {dataset!r} ({ann_file}): {len(oversized)} of its '
+              f'{len(boxes)} boxes have an \'area\' larger than their box\'s '
+              f'width x height (annotation ids '
+              f'{_shown([ann["id"] for ann in oversized])}; id {example["id"]}: '
+              f'area {example["area"]} for a {width:g}x{height:g} box), so the '
+              'COCO evaluation scores them as larger objects than they are '
+              '(APs/APm/APl). Recompute the areas: python '
+              f'tools/dataset_converters/coco_merge.py {ann_file} '
+              '--recompute-area --out FIXED.json, and point ann_file at '
+              'FIXED.json.', logger='current', level=logging.WARNING)
 
 
 def _dropped_box_ids(boxes: List[dict],

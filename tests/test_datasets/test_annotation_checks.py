@@ -3,6 +3,7 @@ ids, the boxes mmdet's CocoDataset drops (compared with the installed mmdet), an
 malformed files whose errors must name the file."""
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,29 @@ def test_ann_file_that_is_a_folder(tmp_path):
     with pytest.raises(IsADirectoryError,
                        match=r'annotations is a folder.*annotations/train\.json'):
         check_coco_annotations(str(tmp_path / 'annotations'), 'cars', None)
+
+
+def test_areas_larger_than_their_boxes_are_reported_with_the_fix(cars, tmp_path,
+                                                                   monkeypatch):
+    """The real drone-tool file gives every box the whole image's area, which the COCO
+    evaluation would score as large objects."""
+    warnings = []
+    monkeypatch.setattr(annotation_checks, 'print_log',
+                        lambda message, **kwargs: warnings.append(message))
+    real = write_json(tmp_path, cars)
+    check_coco_annotations(str(real), 'cars', None)
+    assert len(warnings) == 1
+    assert re.search(r"'cars' \(.*cars\.json\): 5 of its 5 boxes have an 'area' larger "
+                     r"than their box's width x height \(annotation ids \[1, 2, 3, 4, 5\]; "
+                     r'id 1: area 698368 for a 222x161 box\).*coco_merge\.py .*cars\.json '
+                     r'--recompute-area', warnings[0])
+
+    warnings.clear()
+    for annotation in cars['annotations']:
+        _, _, width, height = annotation['bbox']
+        annotation['area'] = width * height
+    # A mask's area is smaller than its box; rounding may exceed it by a hair.
+    cars['annotations'][0]['area'] *= 0.6
+    cars['annotations'][1]['area'] += 0.5
+    check_coco_annotations(str(write_json(tmp_path, cars)), 'cars', None)
+    assert warnings == []

@@ -548,6 +548,12 @@ def test_validate_and_atomic_write(tmp_path):
         write_coco_json(bad, out_file)
     assert json.loads(out_file.read_text()) == good
 
+    whole_image_area = json.loads(json.dumps(good))
+    whole_image_area['annotations'][0]['area'] = 100
+    with pytest.raises(ConversionError, match=r'annotation 1: area 100 is larger than its '
+                       r'2x2 box'):
+        validate_coco(whole_image_area)
+
 
 # --- command-line wrappers ----------------------------------------------------------------
 

@@ -40,6 +40,8 @@ IMAGE_EXTENSIONS = ('.jpg', '.png', '.jpeg', '.bmp', '.tif', '.tiff')
 # Coordinates are stored with 2 decimals: finer than any annotation tool's precision,
 # and it keeps float noise such as 221.99999999999997 out of the json.
 _DECIMALS = 2
+# How far an area may exceed its box's width x height by rounding, as a share of it.
+_AREA_ROUNDING_SHARE = 0.01
 # Per skip reason, how many offending places the summary names.
 _EXAMPLES_PER_REASON = 3
 # The EXIF tag of the camera's orientation; values 5 to 8 turn the image by 90 degrees.
@@ -277,6 +279,19 @@ def is_xywh_box(bbox) -> bool:
                     and math.isfinite(value) for value in bbox))
 
 
+def area_exceeds_box(annotation: dict) -> bool:
+    """Whether a COCO annotation's ``area`` is larger than its ``bbox``'s width x height.
+
+    An area is the object's mask area, never larger than its box, or the box's area. A
+    larger one is wrong (some tools write the image's area for every box), and the COCO
+    evaluation would score the box in a larger size range (APs/APm/APl). The area may
+    exceed the box by rounding: 1% of it, or 1 square pixel for the smallest boxes.
+    """
+    _, _, width, height = annotation['bbox']
+    box_area = max(width, 0) * max(height, 0)
+    return annotation['area'] - box_area > max(_AREA_ROUNDING_SHARE * box_area, 1.0)
+
+
 def validate_coco(coco: dict) -> None:
     """Raise :class:`ConversionError` unless ``coco`` is a well-formed detection dict."""
     problems = []
@@ -320,6 +335,9 @@ def validate_coco(coco: dict) -> None:
                             f'its {width}x{height} image')
         if not annotation.get('area', 0) > 0:
             problems.append(f'annotation {annotation_id}: area must be positive')
+        elif is_xywh_box(bbox) and area_exceeds_box(annotation):
+            problems.append(f'annotation {annotation_id}: area {annotation["area"]} is larger '
+                            f'than its {bbox[2]:g}x{bbox[3]:g} box')
     if problems:
         shown = '\n  '.join(problems[:10])
         more = f'\n  ... and {len(problems) - 10} more' if len(problems) > 10 else ''
