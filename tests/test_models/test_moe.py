@@ -567,3 +567,116 @@ def test_upcycling_with_widths_that_cannot_add_up_names_the_fix():
     narrow = make_moe(num_experts=2, expert_feedforward_channels=4)
     with pytest.raises(ValueError, match='without a shared expert'):
         narrow.upcycle_from_dense(FFN(embed_dims=D, feedforward_channels=H).state_dict())
+
+
+def padded_pair():
+    """Image A (5 tokens) padded to the length of image B (12 tokens): (2, 12, D) tokens whose
+    padding is large random values, which would win the capacity if they were routed, and
+    the (2, 12) padding mask."""
+    generator = torch.Generator().manual_seed(3)
+    image_a = torch.randn(1, 5, D, dtype=torch.double, generator=generator)
+    image_b = torch.randn(1, 12, D, dtype=torch.double, generator=generator)
+    padding = 10 * torch.randn(1, 7, D, dtype=torch.double, generator=generator)
+    x = torch.cat([torch.cat([image_a, padding], dim=1), image_b])
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[0, 5:] = True
+    return image_a, image_b, x, mask
+
+
+def routed_flops(moe, x):
+    """FLOPs of one forward of ``moe`` on ``x``, less those of the gate and the shared expert
+    (dense: they run on every token)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        moe(x)
+    dense_width = moe.num_experts + (2 * H if moe.shared is not None else 0)
+    return counter.get_total_flops() - 2 * x[..., 0].numel() * D * dense_width
+
+
+@pytest.mark.parametrize('top_k,capacity_factor,shared_expert',
+                         [(1, 1.0, False), (2, 0.75, True), (2, None, False)])
+def test_padding_is_not_routed_and_an_image_routes_as_if_alone(top_k, capacity_factor,
+                                                               shared_expert):
+    moe = make_moe(num_experts=4, top_k=top_k, capacity_factor=capacity_factor,
+                   shared_expert=shared_expert)
+    image_a, image_b, x, mask = padded_pair()
+    alone = []
+    for image in (image_a, image_b):
+        out = moe(image)
+        alone.append(dict(out=out[0], kept=moe.last_kept[0], counts=moe.last_expert_counts,
+                          dropped=moe.last_dropped_counts, flops=routed_flops(moe, image)))
+    if capacity_factor is not None:
+        # The capacity bites, and counting the padding would change what A keeps.
+        assert int(alone[0]['dropped'].sum()) > 0
+        moe(x)
+        assert not torch.equal(moe.last_kept[0, :5], alone[0]['kept'])
+
+    with moe.ignore_padding(mask):
+        out = moe(x)
+        flops = routed_flops(moe, x)
+    assert moe.padding_mask is None
+    for real, (image, result) in zip([slice(0, 5), slice(0, 12)], zip((0, 1), alone)):
+        assert torch.equal(moe.last_kept[image, real], result['kept'])
+        torch.testing.assert_close(out[image, real], result['out'], rtol=0, atol=1e-12)
+    assert not moe.last_kept[0, 5:].any()
+    assert torch.equal(moe.last_expert_counts, alone[0]['counts'] + alone[1]['counts'])
+    assert torch.equal(moe.last_dropped_counts, alone[0]['dropped'] + alone[1]['dropped'])
+    # No expert runs on the padding: its output is the shared expert's, or the identity.
+    assert flops == alone[0]['flops'] + alone[1]['flops']
+    shared = moe.shared(x[0, 5:]) if shared_expert else 0
+    torch.testing.assert_close(out[0, 5:], x[0, 5:] + shared, rtol=0, atol=1e-12)
+
+
+def test_batch_capacity_counts_only_the_real_tokens():
+    moe = make_moe(num_experts=4, capacity_factor=1.0, capacity_scope='batch')
+    image_a, image_b, x, mask = padded_pair()
+    real = torch.cat([image_a, image_b], dim=1)  # the 17 real tokens, unpadded
+    expected = moe(real)[0]
+    kept = moe.last_kept[0]
+    assert moe.last_num_dropped > 0
+    with moe.ignore_padding(mask):
+        out = moe(x)
+    torch.testing.assert_close(out[~mask], expected, rtol=0, atol=1e-12)
+    assert torch.equal(moe.last_kept[~mask], kept)
+
+
+def test_padding_mask_is_validated():
+    moe = make_moe(num_experts=2)
+    x = torch.randn(2, 3, D, dtype=torch.double)
+    with pytest.raises(ValueError, match='expected \\(2, 3\\)'):
+        with moe.ignore_padding(torch.zeros(2, 4, dtype=torch.bool)):
+            moe(x)
+    with pytest.raises(ValueError, match='must be bool'):
+        with moe.ignore_padding(torch.zeros(2, 3)):
+            moe(x)
+
+
+def test_capacity_keeps_at_least_one_slot_per_expert():
+    # tutel's k * int(0.5 * ceil(3 / 4)) = 0 would drop all three tokens.
+    moe = make_moe(num_experts=4, capacity_factor=0.5)
+    with torch.no_grad():
+        moe.gate.weight.zero_()
+        moe.gate.weight[0, 0] = 20.
+    x = routed_tokens([1, 1, 1]).requires_grad_()
+    out = moe(x)
+    assert moe.last_kept[0, :, 0].tolist() == [True, False, False]
+    assert moe.last_dropped_counts.tolist() == [2, 0, 0, 0]
+    kept = moe.last_kept.reshape(-1, 1)
+    torch.testing.assert_close(out, naive_moe(moe, x, renormalise=False, kept=kept))
+    out.sum().backward()
+    assert moe.expert_w1.grad[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize('expert_backend', ['loop', 'grouped_mm'])
+def test_every_parameter_is_in_the_graph_whatever_the_routing(expert_backend):
+    if expert_backend == 'grouped_mm' and not hasattr(torch, '_grouped_mm'):
+        pytest.skip('this torch has no grouped GEMM')
+    moe = float_moe(num_experts=4, capacity_factor=0.5, expert_backend=expert_backend)
+    x = torch.randn(2, 3, 16)
+    for padding in (torch.zeros(2, 3, dtype=torch.bool),  # 1 slot per expert and image
+                    torch.ones(2, 3, dtype=torch.bool)):  # nothing to route
+        moe.zero_grad(set_to_none=True)
+        with moe.ignore_padding(padding):
+            moe(x).sum().backward()
+        for name, param in moe.named_parameters():
+            assert param.grad is not None, name

@@ -9,9 +9,10 @@ Dispatch is dropless by default: every token reaches its chosen experts, each ex
 once on the contiguous block of tokens routed to it, and no expert is padded to a common
 capacity. A capacity (GShard/tutel style, batch-prioritised) is available as an option.
 On an accelerator the experts run as one grouped GEMM (``torch._grouped_mm``, group
-offsets on the device) where this torch supports it, so dropless dispatch never reads
-anything back to the host; on CPU, and as the fallback, they run in a Python loop over
-experts.
+offsets on the device) where this torch supports it, so dropless dispatch of unpadded
+tokens never reads anything back to the host; on CPU, and as the fallback, they run in a
+Python loop over experts. Padding tokens (a batch of images of different sizes) are not
+routed at all.
 """
 import math
 from contextlib import contextmanager
@@ -179,16 +180,26 @@ class MoEFFN(nn.Module):
       output layers start at zero, so the output is the dense FFN's whatever the routing.
 
     Capacity (``capacity_factor``, as tutel, which the DAMEX reference uses): each expert
-    takes at most ``C = k * floor(capacity_factor * ceil(N / E))`` assignments from each
-    group of N tokens; the rest are dropped (they add nothing; with ``add_identity`` the
-    token passes through). ``capacity_scope`` sets the group: ``'image'`` (default) counts
-    each leading-dim sample of x (an image) on its own, as the reference does with one image
-    per GPU; ``'batch'`` counts all T tokens of the forward together. Which assignments an
-    expert keeps is batch-prioritised routing (V-MoE; tutel's ``batch_prioritized_routing``,
-    on in the reference): all first choices before any second choice, and within one choice
-    rank the tokens with the highest top-1 gate probability first (ties in token order).
-    A second choice is therefore kept only where the expert has room after every first
-    choice routed to it, whatever their scores.
+    takes at most ``C = k * max(1, floor(capacity_factor * ceil(N / E)))`` assignments from
+    each group of N real tokens; the rest are dropped (they add nothing; with
+    ``add_identity`` the token passes through). ``capacity_scope`` sets the group:
+    ``'image'`` (default) counts each leading-dim sample of x (an image) on its own, as the
+    reference does with one image per GPU; ``'batch'`` counts all tokens of the forward
+    together. Which assignments an expert keeps is batch-prioritised routing (V-MoE; tutel's
+    ``batch_prioritized_routing``, on in the reference): all first choices before any second
+    choice, and within one choice rank the tokens with the highest top-1 gate probability
+    first (ties in token order). A second choice is therefore kept only where the expert
+    has room after every first choice routed to it, whatever their scores.
+
+    Padding (:meth:`ignore_padding`): batched images are padded to a common length (the
+    encoder's padded feature positions, DINO's empty denoising slots). A padding token is
+    not routed: it runs no expert, takes no capacity, is not counted in
+    ``last_expert_counts`` nor ``last_dropped_counts``, and N above counts only the real
+    tokens of its group, so a token's output does not depend on what it is batched with
+    (the reference runs one unpadded image per GPU). Its output is that of a token whose
+    routed experts all dropped it: the shared expert's output if there is one, else zero
+    (plus ``identity``). Dispatching with a padding mask reads the number of real
+    assignments back to the host once (the loop reads the group sizes anyway).
 
     Args:
         embed_dims: D, the token width.
@@ -218,11 +229,15 @@ class MoEFFN(nn.Module):
     Attributes set by every forward (x of shape (*S, D), T = prod(S)):
         last_gate_logits: (*S, E) clean gate logits (fp32 or wider), still attached to the
             autograd graph.
-        last_expert_indices: (*S, k') long, chosen experts (k' = 1 under forced routing).
-        last_expert_counts: (E,) long, assignments per expert before any capacity drop;
-            sums to T * k'.
-        last_dropped_counts: (E,) long, assignments each expert dropped for the capacity
-            (zeros when dropless).
+        last_expert_indices: (*S, k') long, chosen experts (k' = 1 under forced routing:
+            the one forced expert, also with ``top_k > 1``). Padding tokens get the gate's
+            choice too, though it never runs.
+        last_kept: (*S, k') bool, whether each choice reached its expert: False where the
+            capacity dropped it and for padding tokens.
+        last_expert_counts: (E,) long, assignments of real tokens per expert before any
+            capacity drop; sums to (real tokens) * k'.
+        last_dropped_counts: (E,) long, assignments of real tokens each expert dropped for
+            the capacity (zeros when dropless).
         last_num_dropped: int, their sum (reading it waits for the device).
     """
 
@@ -310,8 +325,11 @@ class MoEFFN(nn.Module):
 
         # Oracle routing: (B,) long, one expert per leading-dim sample; see force_experts().
         self.forced_experts: Optional[Tensor] = None
+        # (*S,) bool, True at the tokens not to route; see ignore_padding().
+        self.padding_mask: Optional[Tensor] = None
         self.last_gate_logits: Optional[Tensor] = None
         self.last_expert_indices: Optional[Tensor] = None
+        self.last_kept: Optional[Tensor] = None
         self.last_expert_counts: Optional[Tensor] = None
         self.last_dropped_counts: Optional[Tensor] = None
         self.reset_parameters()
@@ -430,6 +448,10 @@ class MoEFFN(nn.Module):
     def force_experts(self, experts: Tensor) -> Iterator['MoEFFN']:
         """Route every token of leading-dim sample b to ``experts[b]`` inside the block.
 
+        Each token uses that one expert, also with ``top_k > 1`` (k' = 1), weighted as gate
+        routing would weight it (see ``normalize_weights``): where a top-2 gate's first
+        choice is the forced expert, the output still differs by the second expert's share.
+
         Args:
             experts: (B,) integer tensor, B = x.shape[0] of the forwards in the block.
         """
@@ -442,6 +464,25 @@ class MoEFFN(nn.Module):
         finally:
             self.forced_experts = previous
 
+    @contextmanager
+    def ignore_padding(self, padding_mask: Optional[Tensor]) -> Iterator['MoEFFN']:
+        """Leave the padding tokens unrouted in the forwards inside the block (see the class
+        docstring, Padding).
+
+        Args:
+            padding_mask: (*S,) bool (or 0/1 integer) tensor, x's leading shape, True at the
+                padding tokens, as mmdet's ``key_padding_mask``; None routes every token.
+        """
+        if padding_mask is not None and padding_mask.is_floating_point():
+            raise ValueError(f'the padding mask must be bool (True at padding tokens), got '
+                             f'{padding_mask.dtype}')
+        previous = self.padding_mask
+        self.padding_mask = None if padding_mask is None else padding_mask.bool()
+        try:
+            yield self
+        finally:
+            self.padding_mask = previous
+
     def forward(self, x: Tensor, identity: Optional[Tensor] = None) -> Tensor:
         """Args:
             x: (*S, D) tokens, typically (B, N, D).
@@ -453,21 +494,33 @@ class MoEFFN(nn.Module):
         """
         lead_shape = x.shape[:-1]
         tokens = x.reshape(-1, self.embed_dims)  # (T, D)
+        real = self._real_tokens(lead_shape)  # (T,) bool or None
         logits = self._gate_logits(tokens)  # (T, E)
         expert_idx, weights, priority = self._route(logits, lead_shape)  # (T, k'), (T, k'), (T,)
         num_samples = lead_shape[0] if len(lead_shape) > 1 else 1
         out = self._dispatch(tokens, expert_idx, weights.to(tokens.dtype), priority,
-                             num_samples)
+                             num_samples, real)
         if self.shared is not None:
             out = out + self.shared(tokens)
         out = out.reshape(x.shape)
 
         self.last_gate_logits = logits.reshape(*lead_shape, self.num_experts)
         self.last_expert_indices = expert_idx.reshape(*lead_shape, expert_idx.size(1))
+        self.last_kept = self.last_kept.reshape(*lead_shape, expert_idx.size(1))
         out = self.dropout_layer(out)
         if not self.add_identity:
             return out
         return (x if identity is None else identity) + out
+
+    def _real_tokens(self, lead_shape: torch.Size) -> Optional[Tensor]:
+        """(T,) bool, False at the padding tokens; None where no padding mask is set."""
+        if self.padding_mask is None:
+            return None
+        if self.padding_mask.shape != lead_shape:
+            raise ValueError(f'the padding mask has shape {tuple(self.padding_mask.shape)}, '
+                             f'expected {tuple(lead_shape)}: one entry per token of x '
+                             f'(*{tuple(lead_shape)}, D)')
+        return ~self.padding_mask.reshape(-1)
 
     def _gate_logits(self, tokens: Tensor) -> Tensor:
         """(T, D) -> (T, E) logits in fp32 (or wider), with autocast off: under fp16/bf16
@@ -516,9 +569,9 @@ class MoEFFN(nn.Module):
         return per_token.reshape(-1, 1)
 
     def _dispatch(self, tokens: Tensor, expert_idx: Tensor, weights: Tensor,
-                  priority: Tensor, num_samples: int) -> Tensor:
-        """Run each expert on its tokens and combine; records ``last_expert_counts`` and
-        ``last_dropped_counts``.
+                  priority: Tensor, num_samples: int, real: Optional[Tensor]) -> Tensor:
+        """Run each expert on its tokens and combine; records ``last_expert_counts``,
+        ``last_dropped_counts`` and ``last_kept`` (flat, (T, k)).
 
         Args:
             tokens: (T, D).
@@ -526,10 +579,12 @@ class MoEFFN(nn.Module):
             weights: (T, k) routing weights.
             priority: (T,) capacity priority of each token (higher is kept first).
             num_samples: B, the leading-dim samples the T tokens are made of (in order).
+            real: (T,) bool, False at the padding tokens, which are not routed; None when
+                every token is real.
 
         Returns:
-            (T, D) weighted sum of the expert outputs of each token (zero for a token whose
-            assignments were all dropped).
+            (T, D) weighted sum of the expert outputs of each token (zero for a padding
+            token and for a token whose assignments were all dropped).
         """
         num_tokens, k = expert_idx.shape
         num_assignments = num_tokens * k
@@ -537,22 +592,34 @@ class MoEFFN(nn.Module):
         # choices).
         flat_expert = expert_idx.t().reshape(-1)  # (k*T,)
         flat_weight = weights.t().reshape(-1)  # (k*T,)
+        flat_real = None if real is None else real.repeat(k)  # (k*T,)
         experts = torch.arange(self.num_experts, device=tokens.device)
         if self.capacity_factor is None:
-            order = torch.argsort(flat_expert, stable=True)  # sorted slot -> assignment
-            sorted_expert = flat_expert.index_select(0, order)
+            # Padding assignments sort after every expert's block, as if to expert E.
+            sort_key = (flat_expert if flat_real is None else
+                        flat_expert.masked_fill(~flat_real, self.num_experts))
+            order = torch.argsort(sort_key, stable=True)  # sorted slot -> assignment
+            sorted_key = sort_key.index_select(0, order)
             # Cumulative counts, found in the sorted experts: no scatter, no host sync.
-            ends = torch.searchsorted(sorted_expert, experts, right=True)  # (E,)
+            ends = torch.searchsorted(sorted_key, experts, right=True)  # (E,)
             self.last_expert_counts = torch.diff(ends, prepend=ends.new_zeros(1))
             self.last_dropped_counts = torch.zeros_like(self.last_expert_counts)
-            num_kept = num_assignments
+            # With padding, the one host sync: the number of rows the experts run on.
+            num_kept = num_assignments if flat_real is None else int(ends[-1])
         else:
-            order, ends = self._capacity_order(flat_expert, priority, k, num_samples)
+            order, ends = self._capacity_order(flat_expert, priority, k, num_samples,
+                                               flat_real)
             # The one host sync of the capacity path: the number of rows the experts run on.
             num_kept = int(ends[-1]) if num_assignments else 0
-            sorted_expert = flat_expert.index_select(0, order[:num_kept])
+        kept = torch.zeros(num_assignments, dtype=torch.bool, device=tokens.device)
+        self.last_kept = kept.index_fill_(0, order[:num_kept], True).view(k, num_tokens).t()
         if num_kept == 0:
-            return tokens.new_zeros(tokens.shape)
+            # No row to run: a zero that still depends on the gate and every expert
+            # parameter, so that DDP with find_unused_parameters=False finds them all used.
+            anchors = [flat_weight.sum()] + [param.view(-1)[0] for param in (
+                self.expert_w1, self.expert_b1, self.expert_w2, self.expert_b2)]
+            return tokens.new_zeros(tokens.shape) + torch.stack(anchors).sum() * 0
+        sorted_expert = flat_expert.index_select(0, order[:num_kept])
         inverse = torch.empty_like(order).scatter_(  # assignment -> sorted slot
             0, order, torch.arange(num_assignments, device=order.device))
 
@@ -564,27 +631,29 @@ class MoEFFN(nn.Module):
             sorted_out = self._experts_grouped(expert_inputs, sorted_expert, ends)
         else:
             sorted_out = self._experts_loop(expert_inputs, ends)
-        if num_kept < num_assignments:  # dropped assignments contribute nothing
+        if num_kept < num_assignments:  # dropped and padding assignments contribute nothing
             sorted_out = torch.cat([sorted_out, sorted_out.new_zeros(
                 num_assignments - num_kept, self.embed_dims)])
         out = _PermuteRows.apply(sorted_out, inverse, order) * flat_weight.unsqueeze(1)
         return out if k == 1 else out.view(k, num_tokens, self.embed_dims).sum(0)
 
     def _capacity_order(self, flat_expert: Tensor, priority: Tensor, k: int,
-                        num_samples: int) -> Tuple[Tensor, Tensor]:
+                        num_samples: int, flat_real: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """Batch-prioritised capacity; records ``last_expert_counts``, ``last_dropped_counts``.
 
         Args:
             flat_expert: (k*T,) expert of each rank-major assignment.
             priority: (T,) top-1 probability of each token.
             k: choices per token.
-            num_samples: B; with ``capacity_scope='image'`` each sample's N = T / B tokens
-                get their own capacity.
+            num_samples: B; with ``capacity_scope='image'`` each sample's T / B tokens form
+                a group with its own capacity.
+            flat_real: (k*T,) bool, False at the assignments of padding tokens, which take
+                no capacity and are neither kept nor counted; None when every token is real.
 
         Returns:
             order (k*T,) long, sorted slot -> assignment: the kept assignments grouped by
-            expert in priority order, then every dropped one; and ends (E,) long, the
-            cumulative number of kept assignments up to each expert.
+            expert in priority order, then every dropped or padding one; and ends (E,)
+            long, the cumulative number of kept assignments up to each expert.
         """
         num_assignments = flat_expert.numel()
         num_tokens = num_assignments // k
@@ -594,26 +663,42 @@ class MoEFFN(nn.Module):
             raise ValueError(f'{num_tokens} tokens do not split into {num_samples} samples '
                              'for capacity_scope="image"')
         group_tokens = num_tokens // groups_per_expert
-        capacity = k * int(self.capacity_factor * math.ceil(group_tokens / self.num_experts))
+        if flat_real is None:
+            real_per_group = torch.full((groups_per_expert, ), group_tokens, device=device)
+        else:
+            real_per_group = flat_real[:num_tokens].view(groups_per_expert, -1).sum(1)
+        # tutel's k * int(capacity_factor * ceil(N / E)), in float64 as Python computes it,
+        # but at least one slot per expert and choice: tutel's own formula gives 0 for few
+        # tokens and a small factor, which drops every assignment (DeepSpeed's gate has a
+        # min_capacity for the same reason).
+        per_expert = torch.div(real_per_group + self.num_experts - 1, self.num_experts,
+                               rounding_mode='floor')
+        capacity = k * torch.floor(per_expert.double() * self.capacity_factor).long().clamp(
+            min=1)  # (G,)
         # Candidates in keeping order: rank-major, highest priority first within a rank.
         by_priority = torch.argsort(priority, descending=True, stable=True)  # (T,)
         candidates = (torch.arange(k, device=device)[:, None] * num_tokens +
                       by_priority[None]).reshape(-1)  # (k*T,)
-        # Group = (expert, sample): expert-major, so each expert's kept rows stay contiguous.
+        # Group = (expert, sample): expert-major, so each expert's kept rows stay contiguous;
+        # padding goes to one last group without capacity.
+        num_groups = self.num_experts * groups_per_expert
         sample = candidates % num_tokens // group_tokens
         group = flat_expert.index_select(0, candidates) * groups_per_expert + sample
+        if flat_real is not None:
+            group = group.masked_fill(~flat_real.index_select(0, candidates), num_groups)
+        group_capacity = torch.cat([capacity.repeat(self.num_experts), capacity.new_zeros(1)])
         by_group = torch.argsort(group, stable=True)
         order = candidates.index_select(0, by_group)
         sorted_group = group.index_select(0, by_group)
-        all_groups = torch.arange(self.num_experts * groups_per_expert, device=device)
+        all_groups = torch.arange(num_groups + 1, device=device)
         starts = torch.searchsorted(sorted_group, all_groups)
         group_counts = torch.searchsorted(sorted_group, all_groups, right=True) - starts
         position = torch.arange(num_assignments, device=device) - starts[sorted_group]
-        # Kept ones first, each expert's block still contiguous (stable), then the dropped.
+        # Kept ones first, each expert's block still contiguous (stable), then the rest.
         order = order.index_select(0, torch.argsort(
-            (position >= capacity).to(torch.uint8), stable=True))
-        counts = group_counts.view(self.num_experts, groups_per_expert)
-        kept = counts.clamp(max=capacity)
+            (position >= group_capacity[sorted_group]).to(torch.uint8), stable=True))
+        counts = group_counts[:num_groups].view(self.num_experts, groups_per_expert)
+        kept = torch.minimum(counts, capacity)
         self.last_expert_counts = counts.sum(1)
         self.last_dropped_counts = (counts - kept).sum(1)
         return order, kept.sum(1).cumsum(0)
