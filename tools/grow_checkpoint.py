@@ -14,38 +14,20 @@ config's val_dataloader, at most --max-images of them) route to most in
 that layer, measured with the old model (or of --source-expert); the new
 gate rows are fitted so that the new data's tokens reach the new experts
 while the old datasets' measured tokens keep theirs (or --gate-init mean);
-see damex_mmdet/models/grow.py for every initialisation. Every check runs before
-anything is written, so a config that cannot grow stops here, not in
+see damex_mmdet/models/grow.py for every initialisation. Every check runs
+before anything is written, so a config that cannot grow stops here, not in
 training. OUT's meta carries the new class names and the growth history.
+From Python: damex_mmdet.models.grow_checkpoint(...).
 """
 import argparse
-import copy
-import os
 import os.path as osp
-from typing import Dict, List, Optional, Tuple
 
-import torch
+# Only argparse and mmengine's light config module load before the arguments
+# are parsed, so that --help answers at once; the package imports torch.
 from mmengine.config import Config, DictAction
-from mmengine.dataset import pseudo_collate
-from mmengine.registry import init_default_scope
-
-from damex_mmdet.datasets.label_space import UnifiedLabelSpace
-from damex_mmdet.models import (DAMEX, EXPERT_INITS, GATE_INITS, GrowError,
-                                check_grown_expert_map,
-                                check_grown_label_space,
-                                check_new_dataset_names, fit_new_gate_rows,
-                                grow_state_dict, grown_meta,
-                                source_experts_from_counts)
-from damex_mmdet.visualization import RoutingStatistics
-from mmdet.registry import DATASETS, MODELS
-
-# Gate inputs kept of each routed image for fitting the new gate rows: a
-# random subset bounds the memory where an MoE layer sees every encoder
-# position.
-TOKENS_PER_IMAGE = 256
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,12 +38,12 @@ def parse_args(argv=None):
     parser.add_argument('--source-expert', type=int, default=None,
                         help='start every new expert from this old expert '
                         'instead of measuring where the new data routes')
-    parser.add_argument('--gate-init', choices=GATE_INITS, default='fit',
+    parser.add_argument('--gate-init', choices=('fit', 'mean'), default='fit',
                         help='new gate rows: fitted to the old and new '
                         'datasets\' tokens, or the mean of the old rows '
                         '(default: %(default)s; see '
                         'damex_mmdet/models/grow.py)')
-    parser.add_argument('--expert-init', choices=EXPERT_INITS,
+    parser.add_argument('--expert-init', choices=('copy', 'zero_output'),
                         default='copy',
                         help='new experts: a copy of the source expert, or '
                         'that copy with its output projection zeroed '
@@ -77,263 +59,18 @@ def parse_args(argv=None):
                         help='overwrite OUT if it exists')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the new config')
-    return parser.parse_args(argv)
+    return parser
 
 
-def _build_damex(cfg: Config, which: str) -> DAMEX:
-    # DINO writes into the config it is built from; keep ``cfg`` reusable.
-    model = MODELS.build(copy.deepcopy(cfg.model))
-    if not isinstance(model, DAMEX):
-        raise GrowError(f'the {which} config builds a '
-                        f'{type(model).__name__}, not a DAMEX model: only '
-                        f'DAMEX models grow.')
-    return model
-
-
-def _mixture_names(cfg: Config, loader: str):
-    dataset = cfg.get(loader, {}).get('dataset', {})
-    if 'datasets' not in dataset:
-        raise GrowError(f'the new config\'s {loader}.dataset is not a '
-                        f'DatasetMixture: list the datasets there.')
-    return [entry.get('name') for entry in dataset.datasets]
-
-
-def _old_label_space(meta: dict, old_cfg: Config) -> UnifiedLabelSpace:
-    stored = (meta.get('dataset_meta') or {}).get('label_space')
-    if stored is not None:
-        return UnifiedLabelSpace.from_dict(stored)
-    dataset = DATASETS.build(old_cfg.train_dataloader.dataset)
-    return UnifiedLabelSpace.from_dict(dataset.metainfo['label_space'])
-
-
-@torch.no_grad()
-def route_val_images(old_model: DAMEX, new_cfg: Config,
-                     per_dataset: Dict[str, int], device: Optional[str]
-                     ) -> Tuple[dict, dict]:
-    """Route val images of the new config's mixture through the old model.
-
-    Args:
-        per_dataset: How many images of each dataset, the first ones of its
-            val set.
-
-    Returns:
-        tuple: first-choice token counts ``{layer: {dataset: [E_old]}}``
-        (as :class:`~damex_mmdet.visualization.RoutingStatistics` counts
-        them) and the gate inputs ``{layer: {dataset: (n, D)}}``, at most
-        ``TOKENS_PER_IMAGE`` counted tokens of each image.
-
-    The images run through the old model in tensor mode (no prediction,
-    whose checks expect the model's own mixture).
-    """
-    loader_cfg = new_cfg.val_dataloader
-    dataset_cfg = copy.deepcopy(loader_cfg.dataset)
-    dataset_cfg.datasets = [e for e in dataset_cfg.datasets
-                            if e.name in per_dataset]
-    dataset_cfg.pop('label_space', None)
-    dataset = DATASETS.build(dataset_cfg)
-    starts = [0] + list(dataset.cumulative_sizes[:-1])
-    sizes = [end - start for start, end in zip(starts,
-                                                dataset.cumulative_sizes)]
-    names = [entry.name for entry in dataset_cfg.datasets]
-    indices = [start + i for name, start, size in zip(names, starts, sizes)
-               for i in range(min(size, per_dataset[name]))]
-    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    model = old_model.to(device).eval()
-    moes = list(model.named_moe_layers())
-    inputs = {}
-
-    def keep_input(name):
-        def hook(module, args, kwargs):
-            inputs[name] = args[0] if args else kwargs['x']
-        return hook
-
-    hooks = [moe.register_forward_pre_hook(keep_input(name), with_kwargs=True)
-             for name, moe in moes]
-    statistics = RoutingStatistics(names)
-    tokens = {name: {} for name, _ in moes}
-    sampler = torch.Generator().manual_seed(0)
-    batch_size = loader_cfg.get('batch_size', 1)
-    try:
-        for first in range(0, len(indices), batch_size):
-            batch = pseudo_collate(
-                [dataset[i] for i in indices[first:first + batch_size]])
-            data = model.data_preprocessor(batch, False)
-            samples = data['data_samples']
-            model(data['inputs'], samples, mode='tensor')
-            counts, layers = model.routing_counts(samples)
-            statistics.update([
-                dict(dataset=s.metainfo['dataset'], routing_counts=c,
-                     moe_layers=layers) for s, c in zip(samples, counts)])
-            for name, moe in moes:
-                counted = model.counted_tokens(name, moe, samples)
-                for sample, x, mask in zip(samples, inputs[name], counted):
-                    kept = x[mask].float().cpu()
-                    keep = torch.randperm(len(kept), generator=sampler)
-                    tokens[name].setdefault(sample.metainfo['dataset'],
-                                            []).append(
-                        kept[keep[:TOKENS_PER_IMAGE]])
-    finally:
-        for hook in hooks:
-            hook.remove()
-    counts = {layer: dict(zip(statistics.dataset_names,
-                              statistics.counts[i].tolist()))
-              for i, layer in enumerate(statistics.layer_names)}
-    tokens = {layer: {name: torch.cat(parts) for name, parts in by.items()}
-              for layer, by in tokens.items()}
-    return counts, tokens
-
-
-def fit_gate_rows(old_model: DAMEX, tokens: dict, old_names: List[str],
-                  new_map: Dict[str, int], added: Dict[int, List[str]]
-                  ) -> Tuple[Dict[str, torch.Tensor], Dict[str, dict]]:
-    """The new gate rows of every MoE layer, fitted to ``tokens`` (see
-    :func:`~damex_mmdet.models.grow.fit_new_gate_rows`), and per layer the
-    step kept and the share of the measured new tokens that reach their
-    experts with them."""
-    new_names = [n for names in added.values() for n in names]
-    rows, report = {}, {}
-    for name, moe in old_model.named_moe_layers():
-        by_dataset = tokens[name]
-        new_x = torch.cat([by_dataset[n] for n in new_names])
-        new_targets = torch.cat([
-            torch.full((len(by_dataset[n]), ), new_map[n]) for n in new_names])
-        old_x = torch.cat([by_dataset[n] for n in old_names])
-        gate = moe.gate.weight.detach().cpu()
-        rows[name], step = fit_new_gate_rows(gate, old_x, new_x, new_targets,
-                                             len(added))
-        weight = torch.cat([gate, rows[name]])
-        reached = (new_x @ weight.T).argmax(-1) == new_targets
-        report[name] = dict(step=round(step, 4),
-                            new_tokens_reached=round(
-                                float(reached.float().mean()), 4))
-    return rows, report
-
-
-def _images_to_route(new_cfg: Config, old_names, added: Dict[int, List[str]],
-                     max_images: int, with_old: bool) -> Dict[str, int]:
-    """Val images of each dataset to route: ``max_images`` shared by the new
-    datasets and, for fitting gate rows, as many of each old one."""
-    new_names = [n for names in added.values() for n in names]
-    wanted = new_names + (list(old_names) if with_old else [])
-    val_names = _mixture_names(new_cfg, 'val_dataloader')
-    lacking = [n for n in wanted if n not in val_names]
-    if lacking:
-        raise GrowError(
-            f'the new config\'s val_dataloader has no images of {lacking}: '
-            f'growing routes the new datasets\' images through the trained '
-            f'model to choose the experts the new ones start from, and '
-            f'fits the new gate rows to the old and new datasets\' tokens. '
-            f'Add them to the val mixture, or pass --source-expert and '
-            f'--gate-init mean.')
-    per_dataset = max(1, max_images // len(new_names))
-    return {name: per_dataset for name in wanted}
-
-
-def grow_checkpoint(old_config: str, old_checkpoint: str, new_config: str,
-                    out: str, source_expert: Optional[int] = None,
-                    max_images: int = 50, device: Optional[str] = None,
-                    cfg_options: Optional[dict] = None,
-                    gate_init: str = 'fit',
-                    expert_init: str = 'copy') -> dict:
-    """Write the grown checkpoint; returns a summary of what grew.
-
-    Raises:
-        GrowError: Whatever stops the new config from growing the model.
-    """
-    if gate_init not in GATE_INITS:
-        raise GrowError(f'gate_init must be one of {GATE_INITS}, got '
-                        f'{gate_init!r}.')
-    old_cfg = Config.fromfile(old_config)
-    new_cfg = Config.fromfile(new_config)
-    if cfg_options:
-        new_cfg.merge_from_dict(cfg_options)
-    init_default_scope(new_cfg.get('default_scope', 'mmdet'))
-    checkpoint = torch.load(old_checkpoint, map_location='cpu',
-                            weights_only=False)
-    old_state = checkpoint.get('state_dict', checkpoint)
-    meta = checkpoint.get('meta') or {}
-
-    old_model = _build_damex(old_cfg, 'old')
-    try:
-        old_model.load_state_dict(old_state, strict=True)
-    except RuntimeError as error:
-        raise GrowError(f'{old_checkpoint} does not fit the model of '
-                        f'{old_config}: pass the config it was trained with.'
-                        f'\n{error}') from error
-    old_space = _old_label_space(meta, old_cfg)
-    new_datasets = check_new_dataset_names(
-        old_space.dataset_names, _mixture_names(new_cfg, 'train_dataloader'))
-    new_model_cfg = new_cfg.model
-    added = check_grown_expert_map(
-        old_model.dataset_to_expert, old_model.num_experts,
-        dict(new_model_cfg.get('dataset_to_expert') or {}),
-        new_model_cfg.get('num_experts', old_model.num_experts),
-        new_datasets)
-    if source_expert is not None and not (
-            0 <= source_expert < old_model.num_experts):
-        raise GrowError(
-            f'--source-expert {source_expert} is out of range: the trained '
-            f'model has experts 0..{old_model.num_experts - 1}.')
-
-    try:
-        new_mixture = DATASETS.build(new_cfg.train_dataloader.dataset)
-    except ValueError as error:
-        raise GrowError(f'the new training mixture: {error}') from error
-    new_space = UnifiedLabelSpace.from_dict(new_mixture.metainfo['label_space'])
-    check_grown_label_space(old_space, new_space)
-    new_space.check_num_classes(
-        new_model_cfg.bbox_head.get('num_classes'),
-        'model.bbox_head.num_classes of the new config')
-    new_model = _build_damex(new_cfg, 'new')
-
-    layers = [name for name, _ in new_model.named_moe_layers()]
-    counts, gate_rows, gate_fit = None, None, None
-    if added and (source_expert is None or gate_init == 'fit'):
-        counts, tokens = route_val_images(
-            old_model, new_cfg,
-            _images_to_route(new_cfg, old_space.dataset_names, added,
-                             max_images, gate_init == 'fit'), device)
-        if gate_init == 'fit':
-            gate_rows, gate_fit = fit_gate_rows(
-                old_model, tokens, list(old_space.dataset_names),
-                dict(new_model.dataset_to_expert), added)
-    if not added:
-        sources = {}
-    elif source_expert is not None:
-        sources = {layer: {e: source_expert for e in added}
-                   for layer in layers}
-    else:
-        sources = source_experts_from_counts(counts, added)
-    state = grow_state_dict(old_state, new_model, old_space.num_classes,
-                            sources, gate_rows, expert_init)
-    new_model.load_state_dict(state, strict=True)
-
-    info = dict(
-        from_checkpoint=osp.abspath(old_checkpoint),
-        new_datasets=list(new_datasets),
-        num_classes=[old_space.num_classes, new_space.num_classes],
-        num_experts=[old_model.num_experts, new_model.num_experts],
-        dataset_to_expert=dict(new_model.dataset_to_expert),
-        source_experts=sources,
-        new_data_routing=counts,
-        gate_init=gate_init,
-        expert_init=expert_init,
-        gate_fit=gate_fit)
-    # Write next to the target and rename, so an interrupted run never
-    # leaves a truncated checkpoint behind.
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    tmp_path = f'{out}.tmp'
-    torch.save(dict(state_dict=state,
-                    meta=grown_meta(meta, new_mixture.metainfo, info)),
-               tmp_path)
-    os.replace(tmp_path, out)
-    return info
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     if osp.exists(args.out) and not args.force:
         raise SystemExit(f'{args.out} exists; pass --force to overwrite it.')
+    from damex_mmdet.models import GrowError, format_growth, grow_checkpoint
     try:
         info = grow_checkpoint(args.old_config, args.old_checkpoint,
                                args.new_config, args.out, args.source_expert,
@@ -342,17 +79,7 @@ def main(argv=None):
                                args.expert_init)
     except GrowError as error:
         raise SystemExit(f'error: {error}')
-    (old_c, new_c), (old_e, new_e) = info['num_classes'], info['num_experts']
-    print(f'wrote {args.out}: datasets {info["new_datasets"]} added, '
-          f'classes {old_c} -> {new_c}, experts {old_e} -> {new_e}')
-    for layer, sources in info['source_experts'].items():
-        fit = (info['gate_fit'] or {}).get(layer)
-        print(f'  {layer}: ' + ', '.join(
-            f'expert {new} from expert {old}' for new, old in sources.items())
-            + ('' if fit is None else
-               f'; fitted gate rows (step {fit["step"]:.2f} from the mean '
-               f'row) send {fit["new_tokens_reached"]:.1%} of the measured '
-               f'new tokens to their experts'))
+    print(format_growth(info, args.out))
     new_cfg = Config.fromfile(args.new_config)
     if new_cfg.get('load_from') != args.out:
         print(f'set load_from = {args.out!r} in {args.new_config} (it has '

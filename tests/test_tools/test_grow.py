@@ -1,5 +1,6 @@
-"""Growing a trained DAMEX with a new dataset: tools/grow_checkpoint.py,
-damex_mmdet/models/grow.py and the hooks that train the grown model."""
+"""Growing a trained DAMEX with a new dataset: damex_mmdet/models/grow.py,
+damex_mmdet/models/grow_checkpoint.py, its CLI tools/grow_checkpoint.py and
+the hooks that train the grown model."""
 import copy
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,10 +20,11 @@ from mmengine.runner import Runner
 from damex_mmdet.demo import DEMO_DATASETS
 from damex_mmdet.datasets.label_space import UnifiedLabelSpace
 from damex_mmdet.engine.hooks import ExpertLrMultHook
-from damex_mmdet.models import (GrowError, MoEFFN, check_grown_expert_map,
+from damex_mmdet.models import (EXPERT_INITS, GATE_INITS, GrowError, MoEFFN,
+                                check_grown_expert_map,
                                 check_grown_label_space,
                                 check_new_dataset_names, fit_new_gate_rows,
-                                source_experts_from_counts)
+                                grow_checkpoint, source_experts_from_counts)
 
 from ..conftest import REPO_ROOT, load_script
 
@@ -64,7 +66,7 @@ def grow_config(base: Path, root: Path, out: Path, new: dict,
 
 
 @pytest.fixture(scope='module')
-def grown(tool, tiny_checkpoint, tiny_mixture, tmp_path_factory):
+def grown(tiny_checkpoint, tiny_mixture, tmp_path_factory):
     """The tiny checkpoint grown with 'xray' (scan's images under another
     name): (old config, old checkpoint, new config, grown checkpoint,
     summary)."""
@@ -74,18 +76,18 @@ def grown(tool, tiny_checkpoint, tiny_mixture, tmp_path_factory):
         old_config, tiny_mixture, tmp / 'grown.py', dict(xray='scan'),
         dict(photo=0, sketch=1, aerial=2, scan=3, xray=4), 5, 12)
     out = tmp / 'grown.pth'
-    info = tool.grow_checkpoint(str(old_config), str(old_ckpt),
-                                str(new_config), str(out))
+    info = grow_checkpoint(str(old_config), str(old_ckpt), str(new_config),
+                           str(out))
     return old_config, old_ckpt, new_config, out, info
 
 
 @pytest.fixture(scope='module')
-def grown_mean_gate(tool, grown, tmp_path_factory):
+def grown_mean_gate(grown, tmp_path_factory):
     """``grown`` with the new gate rows at the mean of the old ones."""
     old_config, old_ckpt, new_config, _, _ = grown
     out = tmp_path_factory.mktemp('grow_mean') / 'grown.pth'
-    info = tool.grow_checkpoint(str(old_config), str(old_ckpt),
-                                str(new_config), str(out), gate_init='mean')
+    info = grow_checkpoint(str(old_config), str(old_ckpt), str(new_config),
+                           str(out), gate_init='mean')
     return old_config, old_ckpt, new_config, out, info
 
 
@@ -229,8 +231,16 @@ def test_fitted_gate_rows_of_a_dataset_that_repeats_an_old_one(grown):
         assert not torch.equal(moe.gate.weight[OLD_EXPERTS], old_gate.mean(0))
 
 
+def test_cli_offers_the_package_initialisations(tool):
+    """The CLI spells the choices out (it parses before importing the
+    package); they must stay the package's."""
+    actions = {a.dest: a for a in tool.build_parser()._actions}
+    assert tuple(actions['gate_init'].choices) == GATE_INITS
+    assert tuple(actions['expert_init'].choices) == EXPERT_INITS
+
+
 def test_zero_output_experts_start_from_the_shared_path(tool, grown,
-                                                       tmp_path):
+                                                       tmp_path, capsys):
     """--expert-init zero_output: the new expert keeps its source's hidden
     layer and outputs nothing, so the tokens it gets start with the shared
     expert alone."""
@@ -242,6 +252,14 @@ def test_zero_output_experts_start_from_the_shared_path(tool, grown,
     new_model, _, meta = build(new_config, out)
     info = meta['grown'][-1]
     assert info['expert_init'] == 'zero_output'
+    # pycocotools prints while the datasets load; the summary follows.
+    printed = capsys.readouterr().out.splitlines()
+    first = printed.index(
+        f"wrote {out}: datasets ['xray'] added, classes {OLD_CLASSES} -> "
+        f'{OLD_CLASSES + 1}, experts {OLD_EXPERTS} -> {OLD_EXPERTS + 1}')
+    layers = [name for name, _ in new_model.named_moe_layers()]
+    assert [line.split(':')[0].strip()
+            for line in printed[first + 1:first + 1 + len(layers)]] == layers
     old_moes = dict(old_model.named_moe_layers())
     for name, moe in new_model.named_moe_layers():
         source = info['source_experts'][name][OLD_EXPERTS]
@@ -473,7 +491,7 @@ def test_lr_mult_is_a_smaller_adamw_step():
         ExpertLrMultHook(experts=[3]).expert_parameters(model)
 
 
-def test_a_model_with_a_shared_expert_grows_exactly(tool, tiny_checkpoint,
+def test_a_model_with_a_shared_expert_grows_exactly(tiny_checkpoint,
                                                      tiny_mixture, tmp_path):
     """The recommended DAMEX (shared expert) grows like the paper's: the
     shared expert is copied, and the old part predicts as before."""
@@ -496,8 +514,8 @@ def test_a_model_with_a_shared_expert_grows_exactly(tool, tiny_checkpoint,
         shared_config, tiny_mixture, tmp_path / 'grown.py', dict(xray='scan'),
         dict(photo=0, sketch=1, aerial=2, scan=3, xray=4), 5, 12)
     out = tmp_path / 'grown.pth'
-    tool.grow_checkpoint(str(shared_config), str(shared_ckpt),
-                         str(new_config), str(out))
+    grow_checkpoint(str(shared_config), str(shared_ckpt), str(new_config),
+                    str(out))
     moe_cfg = dict(shared_expert=True, normalize_weights=True)
     old_model, _, _ = build(shared_config, shared_ckpt, moe_cfg=moe_cfg)
     new_model, new_cfg, _ = build(new_config, out, moe_cfg=moe_cfg)
