@@ -1,3 +1,4 @@
 from .damex import DAMEX
+from .layerwise_dino import LayerwiseDINO
 
-__all__ = ['DAMEX']
+__all__ = ['DAMEX', 'LayerwiseDINO']
