@@ -1,11 +1,12 @@
 """The shipped configs parse, build, and agree with their datasets."""
+import inspect
 import json
 import shutil
 
 import pytest
 from mmdet.registry import DATASETS, MODELS
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
+from mmengine.registry import LOOPS, init_default_scope
 
 import damex_mmdet  # noqa: F401
 from damex_mmdet.datasets.uodb_classes import UODB_CLASSES
@@ -61,8 +62,9 @@ def test_uodb_recipe(name, model_type, loss):
         model.check_datasets(train)
 
 
-def test_custom_mixture_example(tiny_mixture, tmp_path, monkeypatch):
-    """The README's example, on two of the tiny datasets renamed."""
+@pytest.mark.parametrize('name', ['damex_custom_mixture', 'damex_custom_mixture_demo_size'])
+def test_custom_mixture_example(name, tiny_mixture, tmp_path, monkeypatch):
+    """The own-data examples, full and demo size, on two of the tiny datasets renamed."""
     for source, target in (('photo', 'pets'), ('aerial', 'cars')):
         shutil.copytree(tiny_mixture / source, tmp_path / 'data' / target)
     pets = tmp_path / 'data' / 'pets' / 'annotations'
@@ -75,8 +77,7 @@ def test_custom_mixture_example(tiny_mixture, tmp_path, monkeypatch):
         (tmp_path / 'data' / 'pets' / 'images' / split).rename(
             tmp_path / 'data' / 'pets' / f'images_{split}')
     monkeypatch.chdir(tmp_path)
-    cfg = Config.fromfile(
-        str(REPO_ROOT / 'configs' / 'examples' / 'damex_custom_mixture.py'))
+    cfg = Config.fromfile(str(REPO_ROOT / 'configs' / 'examples' / f'{name}.py'))
     for entry in (cfg.train_dataloader.dataset.datasets
                   + cfg.val_dataloader.dataset.datasets):
         split = 'train' if 'train' in entry.ann_file else 'val'
@@ -87,6 +88,60 @@ def test_custom_mixture_example(tiny_mixture, tmp_path, monkeypatch):
         'pets:cat', 'pets:dog', 'cars:plane', 'cars:ship', 'cars:vehicle')
     assert cfg.model.bbox_head.num_classes == len(mixture.metainfo['classes'])
     assert mixture[0]['data_samples'].metainfo['dataset'] == 'pets'
+    # The demo-size map replaces the demo's (photo, sketch, ...), not merged.
+    assert cfg.model.dataset_to_expert == dict(pets=0, cars=1)
+    cfg.model.backbone.init_cfg = None
+    MODELS.build(cfg.model).check_datasets(['pets', 'cars'])
+
+
+def check_schedule(cfg: Config, where: str) -> str:
+    """Check that ``cfg``'s train loop takes its ``train_cfg`` and that its schedulers
+    and checkpoints count in the loop's unit; return the loop type."""
+    loop = dict(cfg.train_cfg)
+    loop_type = loop.pop('type')
+    loop.pop('_scope_', None)  # written by mmengine for an 'mmdet::' base
+    try:
+        inspect.signature(LOOPS.get(loop_type)).bind(None, None, **loop)
+    except TypeError as error:
+        raise AssertionError(f'{where}: {loop_type} {error}') from None
+    by_epoch = loop_type == 'EpochBasedTrainLoop'
+    # mmengine's schedulers and CheckpointHook count epochs unless told otherwise.
+    assert all(s.get('by_epoch', True) == by_epoch for s in cfg.param_scheduler), where
+    assert cfg.default_hooks.checkpoint.get('by_epoch', True) == by_epoch, where
+    assert cfg.log_processor.get('by_epoch', True) == by_epoch, where
+    return loop_type
+
+
+@pytest.mark.parametrize('base, grown, loop_type', [
+    ('examples/damex_custom_mixture.py', 'examples/grow_custom_mixture.py',
+     'EpochBasedTrainLoop'),
+    ('examples/damex_custom_mixture_demo_size.py',
+     'examples/grow_custom_mixture_demo_size.py', 'IterBasedTrainLoop'),
+    ('demo/grow_damex_demo_base.py', 'demo/grow_damex_demo_add_scan.py',
+     'IterBasedTrainLoop'),
+])
+def test_grow_examples_keep_their_base_schedule_type(base, grown, loop_type):
+    old = Config.fromfile(str(REPO_ROOT / 'configs' / base))
+    new = Config.fromfile(str(REPO_ROOT / 'configs' / grown))
+    assert check_schedule(old, base) == check_schedule(new, grown) == loop_type
+    experts = new.model.dataset_to_expert
+    assert {k: v for k, v in experts.items() if k in old.model.dataset_to_expert} == dict(
+        old.model.dataset_to_expert)
+    assert sorted(experts.values()) == list(range(new.model.num_experts))
+
+
+def test_epoch_growth_on_an_iteration_base_is_what_the_check_catches(tmp_path):
+    """grow_custom_mixture.py's schedule lines copied onto the demo-size base: mmengine
+    would stop with an unexpected 'max_epochs'; grow_custom_mixture_demo_size.py is
+    the growth example for that base."""
+    epoch_growth = (REPO_ROOT / 'configs' / 'examples' / 'grow_custom_mixture.py').read_text()
+    schedule = epoch_growth[epoch_growth.index('train_cfg = '):
+                            epoch_growth.index('# The gates')]
+    base = REPO_ROOT / 'configs' / 'examples' / 'damex_custom_mixture_demo_size.py'
+    copied = tmp_path / 'grow_copied.py'
+    copied.write_text(f'_base_ = {str(base)!r}\n{schedule}')
+    with pytest.raises(AssertionError, match="IterBasedTrainLoop.*'max_epochs'"):
+        check_schedule(Config.fromfile(str(copied)), 'copied')
 
 
 @pytest.mark.parametrize('name, loss, queries', [
