@@ -10,6 +10,7 @@ history in its meta. The state-dict operations it uses are in
 :mod:`damex_mmdet.models.grow`.
 """
 import copy
+import keyword
 import os
 import os.path as osp
 from typing import Dict, List, Optional, Tuple
@@ -328,4 +329,25 @@ def format_growth(info: dict, out: str) -> str:
                f'; fitted gate rows (step {fit["step"]:.2f} from the mean '
                f'row) send {fit["new_tokens_reached"]:.1%} of the measured '
                f'new tokens to their experts'))
+    lines.append('the lines of the new config that this checkpoint fits:')
+    lines += [f'    {line}' for line in grown_config_lines(info, out)]
     return '\n'.join(lines)
+
+
+def grown_config_lines(info: dict, out: str) -> List[str]:
+    """The ``model`` settings and ``load_from`` of a config that trains the
+    checkpoint :func:`grow_checkpoint` wrote to ``out``, as Python lines: the
+    map with ``_delete_=True`` (mmengine would merge it into the base's),
+    ``load_from`` absolute (training may run from any folder)."""
+    expert_map = info['dataset_to_expert']
+    if all(name.isidentifier() and not keyword.iskeyword(name)
+           for name in expert_map):
+        map_text = 'dict(' + ', '.join(
+            ['_delete_=True'] + [f'{n}={e}' for n, e in expert_map.items()]) + ')'
+    else:
+        map_text = repr({'_delete_': True, **expert_map})
+    return ['model = dict(',
+            f'    num_experts={info["num_experts"][1]},',
+            f'    dataset_to_expert={map_text},',
+            f'    bbox_head=dict(num_classes={info["num_classes"][1]}))',
+            f'load_from = {osp.abspath(out)!r}']
