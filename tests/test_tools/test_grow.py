@@ -17,6 +17,7 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
+from damex_mmdet.apis import infer
 from damex_mmdet.demo import DEMO_DATASETS
 from damex_mmdet.datasets.label_space import UnifiedLabelSpace
 from damex_mmdet.engine.hooks import ExpertLrMultHook
@@ -599,8 +600,9 @@ def test_grow_configs_halve_the_rate_of_the_gates_only(config):
 
 def test_inference_names_the_new_classes(grown, tiny_mixture, tmp_path,
                                          monkeypatch):
-    """mmdet's init_detector and DetInferencer and tools/infer.py read the
-    grown checkpoint's class names, old and new, without the training data."""
+    """mmdet's init_detector and DetInferencer and damex_mmdet.apis.infer
+    read the grown checkpoint's class names, old and new, without the
+    training data."""
     _, _, new_config, grown_ckpt, _ = grown
     monkeypatch.chdir(tmp_path)
     image = str(sorted((tiny_mixture / 'scan' / 'images' / 'val').iterdir())[0])
@@ -617,8 +619,7 @@ def test_inference_names_the_new_classes(grown, tiny_mixture, tmp_path,
                                device='cpu', show_progress=False)
     assert list(inferencer.visualizer.dataset_meta['classes']) == stored
 
-    infer_tool = load_script('tools/infer.py')
-    restricted = infer_tool.infer(
+    restricted = infer(
         image, str(new_config), str(grown_ckpt), str(tmp_path / 'out'),
         dataset='xray', score_thr=0, device='cpu', progress=False)
     assert {i['class'] for i in restricted[0]['instances']} == {'xray:lesion'}

@@ -1,4 +1,5 @@
-"""tools/infer.py on real photos with a tiny trained DAMEX checkpoint."""
+"""damex_mmdet.apis.infer and its CLI tools/infer.py on real photos with a tiny
+trained DAMEX checkpoint."""
 import json
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from mmdet.apis import DetInferencer, inference_detector, init_detector
 from mmdet.registry import DATASETS
 from mmengine.config import Config
 
-from ..conftest import REALDATA, REPO_ROOT, TINY_CONFIG, load_script, point_at_mixture
+from damex_mmdet.apis import infer
+
+from ..conftest import REALDATA, REPO_ROOT, TINY_CONFIG, point_at_mixture
 
 TOOL = REPO_ROOT / 'tools' / 'infer.py'
 FACE = REALDATA / 'faces' / '2008_001009.jpg'
@@ -20,10 +23,6 @@ TERRAIN = REALDATA / 'terrain'
 needs_realdata = pytest.mark.skipif(
     not (FACE.is_file() and TERRAIN.is_dir()),
     reason=f'real photos not found under {REALDATA}')
-
-
-def load_tool():
-    return load_script('tools/infer.py')
 
 
 @pytest.fixture(scope='module')
@@ -65,9 +64,8 @@ def test_tool_draws_boxes_on_a_real_photo(infer_checkpoint, tmp_path):
 @needs_realdata
 def test_dataset_option_keeps_only_its_classes(infer_checkpoint, tmp_path):
     config, checkpoint = infer_checkpoint
-    tool = load_tool()
-    predictions = tool.infer(str(TERRAIN), str(config), str(checkpoint), str(tmp_path),
-                             dataset='aerial', score_thr=0, device='cpu', progress=False)
+    predictions = infer(str(TERRAIN), str(config), str(checkpoint), str(tmp_path),
+                        dataset='aerial', score_thr=0, device='cpu', progress=False)
     assert sorted(Path(p['image']).name for p in predictions) == ['terrain1.jpg', 'terrain2.png']
     saved = json.loads((tmp_path / 'predictions.json').read_text())
     classes = {i['class'] for p in saved for i in p['instances']}
@@ -79,8 +77,8 @@ def test_dataset_option_keeps_only_its_classes(infer_checkpoint, tmp_path):
 def test_unknown_dataset_lists_the_known_ones(infer_checkpoint, tmp_path):
     config, checkpoint = infer_checkpoint
     with pytest.raises(ValueError, match='photo, sketch, aerial, scan'):
-        load_tool().infer(str(FACE), str(config), str(checkpoint), str(tmp_path),
-                          dataset='coco', device='cpu', progress=False)
+        infer(str(FACE), str(config), str(checkpoint), str(tmp_path),
+              dataset='coco', device='cpu', progress=False)
 
 
 def test_dataset_option_restricts_the_classes_before_the_top_k(
@@ -89,14 +87,13 @@ def test_dataset_option_restricts_the_classes_before_the_top_k(
     must still give 3 of its boxes, not an empty filter of those 3."""
     config, checkpoint = infer_checkpoint
     image = str(sorted((tiny_mixture / 'photo' / 'images' / 'val').iterdir())[0])
-    tool = load_tool()
-    unified = tool.infer(image, str(config), str(checkpoint), str(tmp_path / 'all'),
-                         score_thr=0, device='cpu', progress=False)
+    unified = infer(image, str(config), str(checkpoint), str(tmp_path / 'all'),
+                    score_thr=0, device='cpu', progress=False)
     found = {i['class'].split(':')[0] for i in unified[0]['instances']}
     assert len(unified[0]['instances']) == 3
     absent = next(n for n in ('photo', 'sketch', 'aerial', 'scan') if n not in found)
-    restricted = tool.infer(image, str(config), str(checkpoint), str(tmp_path / 'one'),
-                            dataset=absent, score_thr=0, device='cpu', progress=False)
+    restricted = infer(image, str(config), str(checkpoint), str(tmp_path / 'one'),
+                       dataset=absent, score_thr=0, device='cpu', progress=False)
     classes = [i['class'] for i in restricted[0]['instances']]
     assert len(classes) == 3 and all(c.startswith(f'{absent}:') for c in classes)
 
