@@ -186,6 +186,31 @@ def test_expert_index_that_is_not_an_int_fails_at_build(model_cfg, bad, kind):
         build(model_cfg, dataset_to_expert=dict(photo=0, sketch=bad))
 
 
+@pytest.mark.parametrize('overrides, message', [
+    (dict(spare_experts=[3]), r"lists expert 3, but model\.dataset_to_expert "
+     r"maps 'scan' to it"),
+    (dict(spare_experts=[4]), r'holds 4, not an expert index in 0\.\.3'),
+    (dict(spare_experts=[1], dataset_to_expert=None,
+          routing_loss=dict(type='LoadBalancingLoss')),
+     r'model\.dataset_to_expert is empty: without a map the gate routes to '
+     r'every expert; drop spare_experts'),
+])
+def test_spare_experts_that_are_not_spare_fail_at_build(model_cfg, overrides,
+                                                        message):
+    with pytest.raises(ValueError, match=message):
+        build(model_cfg, **overrides)
+
+
+def test_predictions_carry_their_datasets_expert(model_cfg):
+    """RoutingMetric reads the model's map from them (no second copy)."""
+    model = build(model_cfg, dataset_to_expert=dict(
+        photo=2, sketch=0, aerial=1, scan=3)).eval()
+    inputs, samples = make_batch(['sketch', 'photo', None])
+    with torch.no_grad():
+        results = model.predict(inputs, samples)
+    assert [r.metainfo.get('dataset_expert') for r in results] == [0, 2, None]
+
+
 def test_damex_loss_without_map_fails_at_build(model_cfg):
     with pytest.raises(ValueError, match='dataset_to_expert'):
         build(model_cfg, dataset_to_expert=None)
@@ -329,3 +354,69 @@ def test_reference_vanilla_moe_loss_on_matched_queries(model_cfg):
         without_noise.loss(inputs, samples)
     with pytest.raises(ValueError, match="'all', 'matched'"):
         build(model_cfg, routing_loss_queries='foreground')
+
+
+def test_an_image_routes_in_the_encoder_as_if_alone(model_cfg):
+    """With a capacity, the encoder MoE keeps the same tokens of a small image
+    and gives them the same output whether it is alone or padded into a batch
+    with a larger one: N counts its real feature positions only."""
+    model = build(model_cfg, moe_layers=dict(encoder=[0], decoder=[1]),
+                  moe_cfg=dict(capacity_factor=0.5)).eval()
+    moe = model.encoder.layers[0].ffn
+    torch.nn.init.normal_(moe.gate.weight, std=1.)  # priorities far from ties
+    generator = torch.Generator().manual_seed(0)
+    # Strides 8, 16, 32, 64: a 32 px image has 4x4, 2x2, 1x1 and 1x1 maps, a
+    # 64 px one 8x8, 4x4, 2x2, 1x1 (mmdet's mask keeps the 1x1 level real).
+    small = [torch.rand(1, 256, s, s, generator=generator) for s in (4, 2, 1, 1)]
+    large = [torch.rand(2, 256, s, s, generator=generator) for s in (8, 4, 2, 1)]
+    for level, feat in zip(large, small):
+        level[:1, :, :feat.shape[2], :feat.shape[3]] = feat  # the rest: padding
+
+    def encode(feats, img_shapes):
+        samples = [DetDataSample(metainfo=dict(
+            img_shape=shape, batch_input_shape=img_shapes[-1]))
+            for shape in img_shapes]
+        encoder_inputs = model.pre_transformer(tuple(feats), samples)[0]
+        with torch.no_grad():
+            memory = model.forward_encoder(**encoder_inputs)['memory']
+        return memory, moe.last_kept, encoder_inputs['feat_mask']
+
+    memory_alone, kept_alone, no_mask = encode(small, [(32, 32)])
+    assert no_mask is None
+    assert not kept_alone.all()  # the capacity drops tokens
+    memory, kept, mask = encode(large, [(32, 32), (64, 64)])
+    real = ~mask[0]
+    assert int(real.sum()) == kept_alone.shape[1] == 22
+    assert torch.equal(kept[0][real], kept_alone[0])
+    assert not kept[0][~real].any()
+    torch.testing.assert_close(memory[0][real], memory_alone[0])
+
+
+def test_padded_denoising_queries_are_not_routed(model_cfg):
+    model = build(model_cfg, moe_cfg=dict(capacity_factor=0.5))
+    name, moe = next(model.named_moe_layers())
+    assert name == 'decoder.layers.0.ffn'
+    torch.nn.init.normal_(moe.gate.weight, std=1.)
+    calls = []
+    moe.register_forward_hook(lambda module, args, out: calls.append(
+        (args[0].detach(), module.padding_mask, out.detach(),
+         module.last_kept)))
+    inputs, samples = make_batch(['photo', 'sketch'])
+    model.loss(inputs, samples)
+    assert calls[-1][1] is None  # one box each: no denoising slot is empty
+
+    samples[1].gt_instances = InstanceData(
+        bboxes=torch.tensor([[4., 4., 20., 20.], [30., 30., 60., 60.],
+                             [10., 40., 30., 60.]]),
+        labels=torch.tensor([0, 1, 2]))
+    model.loss(inputs, samples)
+    x, padding, out, kept = calls[-1]
+    # The MoE skips exactly the padding that routing losses leave out.
+    assert torch.equal(~padding, model.counted_tokens(name, moe, samples))
+    assert padding[0].any() and not kept[padding].any()
+    # Image 0's real queries routed alone: the same kept set and output.
+    real = ~padding[0]
+    alone = moe(x[0][real][None])
+    assert not moe.last_kept.all()  # the capacity drops queries
+    assert torch.equal(moe.last_kept[0], kept[0][real])
+    torch.testing.assert_close(alone[0], out[0][real])

@@ -680,3 +680,33 @@ def test_every_parameter_is_in_the_graph_whatever_the_routing(expert_backend):
             moe(x).sum().backward()
         for name, param in moe.named_parameters():
             assert param.grad is not None, name
+
+
+def test_checkpointed_encoder_layer_recomputes_with_its_padding_mask(monkeypatch):
+    """The encoder layer hands its key_padding_mask to its MoE inside its own forward, so
+    the recomputation in backward routes the same tokens (else the shapes differ)."""
+    from mmdet.models.layers.transformer import deformable_detr_layers
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        checkpoint_wrapper)
+
+    from damex_mmdet.models.layers import MoEDeformableDetrTransformerEncoder
+    if deformable_detr_layers.checkpoint_wrapper is None:
+        monkeypatch.setattr(deformable_detr_layers, 'checkpoint_wrapper', checkpoint_wrapper)
+    dims = 16
+    layer_cfg = dict(self_attn_cfg=dict(embed_dims=dims, num_levels=1, num_heads=2),
+                     ffn_cfg=dict(embed_dims=dims, feedforward_channels=32))
+    torch.manual_seed(0)
+    encoder = MoEDeformableDetrTransformerEncoder(
+        num_layers=1, num_cp=1, layer_cfg=layer_cfg, moe_layers=[0],
+        moe_cfg=dict(num_experts=2, capacity_factor=0.5))
+    moe = next(m for m in encoder.modules() if isinstance(m, MoEFFN))
+    padding = torch.zeros(2, 16, dtype=torch.bool)
+    padding[0, 6:] = True
+    query = torch.randn(2, 16, dims, requires_grad=True)
+    out = encoder(query=query, query_pos=torch.zeros_like(query), key_padding_mask=padding,
+                  spatial_shapes=torch.tensor([[4, 4]]), level_start_index=torch.tensor([0]),
+                  valid_ratios=torch.ones(2, 1, 2))
+    assert not moe.last_kept[padding].any()
+    out.sum().backward()
+    assert not moe.last_kept[padding].any()  # the recomputation skipped them too
+    assert moe.expert_w1.grad is not None

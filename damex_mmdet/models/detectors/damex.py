@@ -3,6 +3,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from mmdet.models.detectors import DINO
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
@@ -58,7 +59,10 @@ class DAMEX(DINO):
             Encoder MoE layers have no queries and count all their tokens.
         test_routing (str): ``'gate'`` (default, dataset unknown at test
             time) or ``'dataset'`` (oracle: each image uses its dataset's
-            expert).
+            expert). The oracle sends each token to that one expert also with
+            ``moe_cfg.top_k=2``, weighted as the gate would weight it, so it
+            differs from top-2 gate routing even where the gate's first
+            choice is the dataset's expert.
     """
 
     def __init__(self,
@@ -221,6 +225,39 @@ class DAMEX(DINO):
             self._head_inputs = head_inputs
         return head_inputs
 
+    def pre_decoder(self, memory: Tensor, memory_mask: Optional[Tensor],
+                    spatial_shapes: Tensor,
+                    batch_data_samples: SampleList = None) -> Tuple[Dict]:
+        # The decoder's MoE layers route no denoising slot that an image with
+        # fewer boxes than the batch's most leaves empty.
+        decoder_inputs, head_inputs = super().pre_decoder(
+            memory, memory_mask, spatial_shapes, batch_data_samples)
+        num_boxes = {len(s.gt_instances) for s in batch_data_samples or ()}
+        if self.training and len(num_boxes) > 1:
+            real = self.real_denoising_queries(
+                batch_data_samples,
+                head_inputs['dn_meta']['num_denoising_queries'], memory.device)
+            decoder_inputs['query_padding_mask'] = F.pad(
+                ~real, (0, self.num_queries), value=False)
+        return decoder_inputs, head_inputs
+
+    @staticmethod
+    def real_denoising_queries(batch_data_samples: SampleList,
+                               num_denoising: int,
+                               device: torch.device) -> Tensor:
+        """Mask of the denoising queries that hold a box, not padding.
+
+        DINO puts the denoising queries first, in groups of ``max_boxes``
+        slots of which image b fills its first n_b.
+
+        Returns:
+            Tensor: Bool, (batch, num_denoising).
+        """
+        boxes = torch.tensor([len(s.gt_instances) for s in batch_data_samples],
+                             device=device)
+        slot = torch.arange(num_denoising, device=device)
+        return slot[None] % boxes.max().clamp(min=1) < boxes[:, None]
+
     @torch.no_grad()
     def _matched_queries(self, batch_data_samples: SampleList) -> Tensor:
         """Mask of the queries matched to a ground-truth box.
@@ -273,13 +310,8 @@ class DAMEX(DINO):
         if self.exclude_denoising_from_routing_loss:
             counted[:, :num_denoising] = False
             return counted
-        # DINO puts the denoising queries first, in groups of `max_boxes`
-        # slots of which image b fills its first n_b.
-        boxes = torch.tensor([len(s.gt_instances) for s in batch_data_samples],
-                             device=device)
-        slot = torch.arange(num_denoising, device=device)
-        counted[:, :num_denoising] = (
-            slot[None] % boxes.max().clamp(min=1) < boxes[:, None])
+        counted[:, :num_denoising] = self.real_denoising_queries(
+            batch_data_samples, num_denoising, device)
         return counted
 
     def loss(self, batch_inputs: Tensor,
