@@ -1,4 +1,5 @@
-"""`make demo`'s runner end to end, at smoke-test size."""
+"""`make demo`'s runner (damex_mmdet/demo/run.py through tools/run_demo.py)
+end to end, at smoke-test size, from a folder outside the checkout."""
 import json
 import subprocess
 import sys
@@ -13,12 +14,14 @@ def test_run_demo_writes_a_report(tmp_path):
          '--work-dir', str(work_dir), '--data-root', str(tmp_path / 'data'),
          '--max-iters', '2', '--num-train', '4', '--num-val', '3',
          '--max-val-images', '8'],
-        capture_output=True, text=True, timeout=900)
+        capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     # One evaluation, after training, on 8 of the 12 val images.
     assert '(val)' not in result.stdout + result.stderr
     report = (work_dir / 'report.md').read_text()
     assert ', 8 val images,' in report
+    config = REPO_ROOT / 'configs' / 'demo' / 'damex_demo.py'
+    assert report.startswith(f'# DAMEX demo report\n\nConfig `{config}`, ')
     for name in ('photo', 'sketch', 'aerial', 'scan', 'mean'):
         assert f'| {name} |' in report
     pngs = sorted((work_dir / 'routing').glob('*.png'))
@@ -33,6 +36,6 @@ def test_run_demo_writes_a_report(tmp_path):
         [sys.executable, str(REPO_ROOT / 'tools' / 'run_demo.py'),
          '--work-dir', str(work_dir), '--data-root', str(tmp_path / 'data'),
          '--max-iters', '2', '--num-train', '4', '--num-val', '3'],
-        capture_output=True, text=True, timeout=900)
+        capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert 'Reusing' in again.stdout
