@@ -1,4 +1,4 @@
-"""The embedded demo mixture: four small synthetic detection datasets.
+"""The embedded demo mixture: four small synthetic detection datasets, and four more.
 
 The Universal Object Detection Benchmark mixes datasets with disparate domains, divergent
 label sets and very different amounts of data. ``make demo`` must show DAMEX on a 2-core CPU
@@ -18,11 +18,33 @@ scan      grey CT-like slices, 1-3 faint blobs,      lesion                    4
           limited data, 128x128
 ========  =========================================  ========================  ================
 
+Four more (:data:`EXTRA_DEMO_DATASETS`) make mixtures of up to eight unlike datasets; any
+subset of the eight is generated with ``generate_demo_mixture(..., datasets=[...])``:
+
+==========  =======================================  ========================  ================
+name        domain                                   classes                   train / val / test
+==========  =======================================  ========================  ================
+thermal     grey infrared: warm blurred bodies on    person, car, dog          250 / 60 / 60
+            cold sky and cool ground, sensor
+            stripes, 128x128, 1-3 objects
+comic       flat saturated fills outlined in thick   person, dog, house, tree  250 / 60 / 60
+            ink, halftone-dot skies, 128x128,
+            1-3 objects
+microscopy  dark field: glowing membranes, nuclei,   cell, bacterium, yeast    250 / 60 / 60
+            shot noise, 3-8 small objects at any
+            orientation, 128x128
+underwater  blue depth gradient, light shafts,       fish, jellyfish, person   250 / 60 / 60
+            particles, red lost with distance,
+            vignetting, 128x128, 1-4 objects
+==========  =======================================  ========================  ================
+
 Three splits: ``train`` to learn, ``val`` to choose (configurations, samplers, learning rates,
 checkpoints), ``test`` to report what was chosen; nothing is ever selected on ``test``.
 
 ``person`` and ``car`` are shared by ``photo`` and ``sketch`` (same geometry, different
-rendering), the way VOC, Clipart and Comic share class names in UODB.
+rendering), the way VOC, Clipart and Comic share class names in UODB. Among the extra
+datasets, ``thermal`` has ``photo``'s names, ``comic`` mixes ``photo``'s and ``sketch``'s,
+``underwater`` shares ``person`` and adds its own, and ``microscopy``'s are all its own.
 
 Layout written by :func:`generate_demo_mixture`::
 
@@ -38,7 +60,8 @@ drawing; ``area`` is the box area, as in box-only datasets.
 
 Generation is deterministic: every (dataset, split) draws from its own PCG64 generator seeded
 from ``(seed, name, split)``, so the same seed gives byte-identical files, a smaller split
-is a prefix of a larger one, and adding a split (``test``, version 2) left the others unchanged.
+is a prefix of a larger one, adding a split (``test``, version 2) left the others unchanged,
+and a dataset's files do not depend on which other datasets are generated with it.
 """
 import json
 import zlib
@@ -50,8 +73,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-#: Bump whenever the rendering or the specs change, so cached mixtures are regenerated.
-DEMO_MIXTURE_VERSION = 2
+#: Bump whenever the rendering, the specs or the manifest change, so cached mixtures are
+#: regenerated. 3: the manifest names the datasets chosen, in order.
+DEMO_MIXTURE_VERSION = 3
 SPLITS = ('train', 'val', 'test')
 MANIFEST_NAME = 'manifest.json'
 
@@ -91,6 +115,19 @@ DEMO_DATASETS: Tuple[DemoDatasetSpec, ...] = (
     DemoDatasetSpec('aerial', ('plane', 'ship', 'vehicle'), (128, 128), 250, 60, 60, (4, 10),
                     (12.0, 19.0), 0.0),
     DemoDatasetSpec('scan', ('lesion', ), (128, 128), 40, 60, 60, (1, 3), (10.0, 20.0), 0.0),
+)
+
+#: Four more domains, unlike the default ones and each other, for mixtures of up to eight
+#: datasets; ``generate_demo_mixture(..., datasets=...)`` picks any of either tuple.
+EXTRA_DEMO_DATASETS: Tuple[DemoDatasetSpec, ...] = (
+    DemoDatasetSpec('thermal', ('person', 'car', 'dog'), (128, 128), 250, 60, 60, (1, 3),
+                    (28.0, 50.0), 0.2),
+    DemoDatasetSpec('comic', ('person', 'dog', 'house', 'tree'), (128, 128), 250, 60, 60,
+                    (1, 3), (32.0, 54.0), 0.0),
+    DemoDatasetSpec('microscopy', ('cell', 'bacterium', 'yeast'), (128, 128), 250, 60, 60,
+                    (3, 8), (13.0, 22.0), 0.0),
+    DemoDatasetSpec('underwater', ('fish', 'jellyfish', 'person'), (128, 128), 250, 60, 60,
+                    (1, 4), (24.0, 44.0), 0.0),
 )
 
 # --------------------------------------------------------------------------------------------
@@ -183,6 +220,39 @@ _SHAPES: Dict[str, _Shape] = {
         _polygon([(0.12, 0.2), (0.88, 0.2), (0.85, 0.36), (0.15, 0.36)], 'dark'),
         _polygon([(0.15, 0.8), (0.85, 0.8), (0.88, 0.9), (0.12, 0.9)], 'dark'),
     ), aspect=0.5, relative_size=0.8),
+    # Microscopy: a bright membrane around dim cytoplasm, as dark-field shows cells.
+    'cell': _Shape((
+        _ellipse(0.5, 0.5, 0.5, 0.5, 'light'),
+        _ellipse(0.5, 0.5, 0.4, 0.4),
+        _ellipse(0.56, 0.46, 0.17, 0.15, 'dark'),
+    ), aspect=1.0, relative_size=1.15),
+    'bacterium': _Shape((
+        _ellipse(0.5, 0.5, 0.5, 0.5, 'light'),
+        _ellipse(0.5, 0.5, 0.38, 0.2),
+    ), aspect=3.2, relative_size=0.75),
+    'yeast': _Shape((
+        _ellipse(0.38, 0.58, 0.38, 0.42, 'light'),
+        _ellipse(0.38, 0.58, 0.29, 0.32),
+        _ellipse(0.8, 0.28, 0.2, 0.22, 'light'),
+        _ellipse(0.8, 0.28, 0.12, 0.13),
+    ), aspect=1.15, relative_size=1.0),
+    # Underwater.
+    'fish': _Shape((
+        _polygon([(0.68, 0.5), (1.0, 0.12), (0.94, 0.5), (1.0, 0.88)], 'dark'),
+        _polygon([(0.28, 0.26), (0.42, 0.02), (0.6, 0.3)], 'dark'),
+        _ellipse(0.4, 0.5, 0.38, 0.3),
+        _ellipse(0.18, 0.44, 0.05, 0.07, 'light'),
+    ), aspect=1.8, relative_size=0.9),
+    'jellyfish': _Shape((
+        _stroke([(0.25, 0.4), (0.18, 0.62), (0.27, 0.8), (0.2, 1.0)], 0.05),
+        _stroke([(0.45, 0.4), (0.5, 0.6), (0.42, 0.78), (0.48, 0.98)], 0.05),
+        _stroke([(0.62, 0.4), (0.56, 0.62), (0.66, 0.8), (0.6, 1.0)], 0.05),
+        _stroke([(0.8, 0.4), (0.86, 0.6), (0.78, 0.82)], 0.05),
+        _polygon([(0.5 - 0.5 * np.cos(t), 0.45 - 0.45 * np.sin(t))
+                  for t in np.linspace(0.0, np.pi, 15)], 'light'),
+        _polygon([(0.5 - 0.34 * np.cos(t), 0.45 - 0.3 * np.sin(t))
+                  for t in np.linspace(0.0, np.pi, 11)]),
+    ), aspect=0.75, relative_size=1.0),
 }
 
 # Polygon points are drawn with 4 fractional bits so anti-aliased edges sit sub-pixel.
@@ -306,19 +376,25 @@ class _ShapeDomain(_Domain):
         tones = self.tone_colours(rng)
         pen_width = None if self.pen_widths is None else int(rng.integers(
             self.pen_widths[0], self.pen_widths[1] + 1))
-        part_alphas = []
+        layers = []
         for part, points in zip(shape.parts, parts):
-            part_alphas.append(np.zeros((height, width), np.uint8))
-            self.draw_part(rng, part_alphas[-1], part, points, size, pen_width)
+            layers += self.part_layers(rng, part, points, size, pen_width)
 
         def paint(rng: np.random.Generator) -> np.ndarray:
             colour = np.zeros((height, width, self.channels), np.float32)
-            for part, part_alpha in zip(shape.parts, part_alphas):
-                coverage = part_alpha[..., None].astype(np.float32) / 255.0
-                colour = colour * (1.0 - coverage) + tones[part.tone] * coverage
+            for layer_alpha, tone in layers:
+                coverage = layer_alpha[..., None].astype(np.float32) / 255.0
+                colour = colour * (1.0 - coverage) + tones[tone] * coverage
             return self.shade(rng, colour, center, size)
 
-        return _Proposal(label, np.maximum.reduce(part_alphas), paint)
+        return _Proposal(label, np.maximum.reduce([alpha for alpha, _ in layers]), paint)
+
+    def part_layers(self, rng: np.random.Generator, part: _Part, points: np.ndarray,
+                    size: float, pen_width: Optional[int]) -> List[Tuple[np.ndarray, str]]:
+        """A part's ``(H, W)`` uint8 coverage layers, bottom first, each with its tone."""
+        alpha = np.zeros(self.spec.image_size, np.uint8)
+        self.draw_part(rng, alpha, part, points, size, pen_width)
+        return [(alpha, part.tone)]
 
     def draw_part(self, rng: np.random.Generator, alpha: np.ndarray, part: _Part,
                   points: np.ndarray, size: float, pen_width: Optional[int]) -> None:
@@ -336,7 +412,8 @@ class _ShapeDomain(_Domain):
                           _SUBPIXEL_BITS)
 
     def tone_colours(self, rng: np.random.Generator) -> Dict[str, np.ndarray]:
-        """One object's colour for each part tone ('body', 'dark', 'light', 'skin')."""
+        """One object's colour for each tone its layers use ('body', 'dark', 'light',
+        'skin', and any a domain's ``part_layers`` adds)."""
         raise NotImplementedError
 
     def shade(self, rng: np.random.Generator, colour: np.ndarray, center: np.ndarray,
@@ -515,11 +592,234 @@ class _ScanDomain(_Domain):
         return image + rng.normal(0.0, 6.0, image.shape).astype(np.float32)
 
 
+class _ThermalDomain(_ShapeDomain):
+    """Long-wave infrared: grey warm bodies against a cold sky and cool ground, edges blurred
+    by the optics, vertical fixed-pattern stripes of the sensor."""
+
+    channels = 1
+    blur_sigma = 1.3  # pixels
+
+    def background(self, rng: np.random.Generator) -> _Canvas:
+        height, width = self.spec.image_size
+        horizon = rng.uniform(0.25, 0.55) * height
+        rows = np.arange(height, dtype=np.float32)[:, None]
+        # The ground warms towards the camera; the sky stays cold.
+        nearness = np.clip((rows - horizon) / (height - horizon), 0.0, 1.0)
+        ground = rng.uniform(60, 90) + 30.0 * nearness
+        image = np.where(rows < horizon, rng.uniform(15, 40), ground) + np.zeros(
+            (1, width), np.float32)
+        image += 8.0 * _smooth_noise(rng, height, width, 6)[..., 0]
+        # Sun-warmed stones, windows, exhausts: warm spots that are not objects.
+        for _ in range(int(rng.integers(1, 4))):
+            spot = np.zeros((height, width), np.float32)
+            cv2.ellipse(spot, (int(rng.integers(width)), int(rng.integers(height))),
+                        (int(rng.integers(3, 12)), int(rng.integers(3, 12))),
+                        float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
+            image += rng.uniform(40, 90) * cv2.GaussianBlur(spot, (0, 0), 3.0)
+        return _Canvas(cv2.GaussianBlur(image, (0, 0), 1.0)[..., None], None)
+
+    def propose(self, rng: np.random.Generator, canvas: _Canvas) -> _Proposal:
+        sharp = super().propose(rng, canvas)
+        coverage = cv2.GaussianBlur(sharp.alpha.astype(np.float32) / 255.0, (0, 0),
+                                    self.blur_sigma)
+
+        def paint(rng: np.random.Generator) -> np.ndarray:
+            # The sharp colour is premultiplied by its coverage (parts are painted over
+            # black): blurring both and dividing fades the rim into the scene instead of
+            # darkening it.
+            colour = cv2.GaussianBlur(sharp.paint(rng)[..., 0], (0, 0), self.blur_sigma)
+            return (colour / np.maximum(coverage, 1e-3))[..., None]
+
+        return _Proposal(sharp.label, np.round(coverage * 255.0).astype(np.uint8), paint)
+
+    def tone_colours(self, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+        body = rng.uniform(165, 210)
+        return {
+            'body': np.array([body], np.float32),
+            'dark': np.array([body - rng.uniform(25, 50)], np.float32),  # clothes, fur
+            'light': np.array([rng.uniform(45, 85)], np.float32),  # glass mirrors the sky
+            'skin': np.array([rng.uniform(225, 250)], np.float32),
+        }
+
+    def shade(self, rng: np.random.Generator, colour: np.ndarray, center: np.ndarray,
+              size: float) -> np.ndarray:
+        # The core is warmer than the extremities.
+        height, width = colour.shape[:2]
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        distance = np.hypot(xs - center[0], ys - center[1]) / size
+        return colour * np.clip(1.12 - 0.35 * distance, 0.85, 1.12)[..., None]
+
+    def finish(self, rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+        height, width = self.spec.image_size
+        stripes = rng.normal(0.0, 3.0, (1, width, 1)).astype(np.float32)
+        return image + stripes + rng.normal(0.0, 2.5, image.shape).astype(np.float32)
+
+
+class _ComicDomain(_ShapeDomain):
+    """Comic panels: flat saturated fills, every part outlined in thick ink, on flat
+    backgrounds with halftone dots."""
+
+    _PALETTE = np.array([[228, 38, 44], [250, 204, 28], [36, 92, 222], [38, 170, 72],
+                         [246, 122, 24], [198, 52, 160], [56, 190, 222]], np.float32)
+    _SKIN = np.array([255, 208, 156], np.float32)
+    _WHITE = np.array([250, 250, 244], np.float32)
+    ink_width = 2  # pixels of ink outside every part
+
+    def background(self, rng: np.random.Generator) -> _Canvas:
+        height, width = self.spec.image_size
+        sky_colour, ground_colour = self._PALETTE[rng.choice(len(self._PALETTE), 2,
+                                                             replace=False)]
+        sky = 0.35 * sky_colour + 0.65 * self._WHITE
+        ground = 0.6 * ground_colour + 0.4 * self._WHITE
+        horizon = int(rng.uniform(0.6, 0.85) * height)
+        image = np.empty((height, width, 3), np.float32)
+        image[:horizon], image[horizon:] = sky, ground
+        # Ben-Day dots: a darker tint of the sky on a regular grid.
+        period = int(rng.integers(5, 8))
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        offset_x = (xs + (ys // period % 2) * period / 2) % period - period / 2
+        offset_y = ys % period - period / 2
+        dots = np.clip(rng.uniform(1.0, 1.6) - np.hypot(offset_x, offset_y) + 0.5, 0.0, 1.0)
+        dots[horizon:] = 0.0
+        image *= 1.0 - 0.25 * dots[..., None]
+        ink = np.zeros((height, width), np.uint8)
+        cv2.line(ink, (0, horizon), (width - 1, horizon), 255, 2, cv2.LINE_AA)
+        coverage = ink[..., None].astype(np.float32) / 255.0
+        return _Canvas(image * (1.0 - coverage) + 25.0 * coverage, None)
+
+    def part_layers(self, rng: np.random.Generator, part: _Part, points: np.ndarray,
+                    size: float, pen_width: Optional[int]) -> List[Tuple[np.ndarray, str]]:
+        # Ink under the fill, as wide as the fill plus a border on each side: the fill on
+        # top leaves an outline of ink_width pixels around every part.
+        fill = super().part_layers(rng, part, points, size, pen_width)
+        stroke = 0 if part.closed else max(1, int(round(part.width * size)))
+        ink = np.zeros(self.spec.image_size, np.uint8)
+        cv2.polylines(ink, [_to_cv_points(points)], part.closed, 255,
+                      stroke + 2 * self.ink_width, cv2.LINE_AA, _SUBPIXEL_BITS)
+        return [(ink, 'ink'), *fill]
+
+    def tone_colours(self, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+        body, dark = self._PALETTE[rng.choice(len(self._PALETTE), 2, replace=False)]
+        return {
+            'body': body,
+            'dark': 0.55 * dark,
+            'light': self._WHITE,
+            'skin': self._SKIN,
+            'ink': np.full(3, rng.uniform(10, 35), np.float32),
+        }
+
+    def finish(self, rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+        return image + rng.normal(0.0, 1.5, image.shape).astype(np.float32)
+
+
+class _MicroscopyDomain(_ShapeDomain):
+    """Fluorescence-like dark field: cells, rods and budding yeast glow with bright
+    membranes on a near-black slide with out-of-focus haze and debris; shot noise."""
+
+    rotate = True
+    _STAINS = np.array([[110, 255, 120], [255, 120, 96], [240, 230, 110]], np.float32)
+    _NUCLEUS = np.array([70, 120, 255], np.float32)
+
+    def background(self, rng: np.random.Generator) -> _Canvas:
+        height, width = self.spec.image_size
+        haze = np.clip(_smooth_noise(rng, height, width, 4), 0.0, None) * rng.uniform(6, 14)
+        image = np.array([4, 6, 8], np.float32) + haze * np.array([0.5, 1.0, 0.7], np.float32)
+        for _ in range(int(rng.integers(10, 30))):  # debris: specks, not objects
+            brightness = float(rng.uniform(25, 70))
+            cv2.circle(image, (int(rng.integers(width)), int(rng.integers(height))),
+                       int(rng.integers(0, 2)), (brightness, ) * 3, -1, cv2.LINE_AA)
+        return _Canvas(image, None)
+
+    def tone_colours(self, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+        stain = self._STAINS[rng.integers(len(self._STAINS))] * rng.uniform(0.8, 1.0)
+        return {
+            'body': stain * rng.uniform(0.2, 0.35),  # dim cytoplasm
+            'dark': self._NUCLEUS * rng.uniform(0.6, 0.9),  # counter-stained nucleus
+            'light': stain,  # the membrane
+            'skin': stain,
+        }
+
+    def shade(self, rng: np.random.Generator, colour: np.ndarray, center: np.ndarray,
+              size: float) -> np.ndarray:
+        return colour * (1.0 + 0.12 * rng.standard_normal(colour.shape[:2] + (1, ))).astype(
+            np.float32)
+
+    def finish(self, rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+        # Shot noise grows with the square root of the light.
+        spread = np.sqrt(np.clip(image, 0.0, None) + 4.0)
+        return image + 0.8 * spread * rng.standard_normal(image.shape).astype(np.float32)
+
+
+class _UnderwaterDomain(_ShapeDomain):
+    """Open water: a teal-to-deep-blue depth gradient with light shafts from the surface,
+    drifting particles and sometimes a sand bottom; objects lose red with distance and
+    the lens vignettes."""
+
+    def background(self, rng: np.random.Generator) -> _Canvas:
+        height, width = self.spec.image_size
+        top = np.array([rng.uniform(40, 80), rng.uniform(150, 190), rng.uniform(170, 210)],
+                       np.float32)
+        bottom = np.array([rng.uniform(5, 20), rng.uniform(40, 80), rng.uniform(90, 130)],
+                          np.float32)
+        depth = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+        image = top * (1 - depth) + bottom * depth + np.zeros((1, width, 1), np.float32)
+        shafts = np.zeros((height, width), np.float32)
+        for _ in range(int(rng.integers(1, 4))):  # light shafts fading with depth
+            x = float(rng.uniform(0, width))
+            slant = float(rng.uniform(-0.5, 0.5)) * height
+            cv2.line(shafts, (int(x), 0), (int(x + slant), height - 1), 1.0,
+                     int(rng.integers(5, 14)))
+        shafts = cv2.GaussianBlur(shafts, (0, 0), 4.0) * (1.0 - depth[..., 0])
+        image += rng.uniform(25, 45) * shafts[..., None]
+        if rng.uniform() < 0.5:  # the sand bottom, with a wavy edge
+            edge = rng.uniform(0.78, 0.92) * height + 3.0 * _smooth_noise(
+                rng, 1, width, 6)[0, :, 0]
+            sand = (np.arange(height, dtype=np.float32)[:, None] >= edge)[..., None]
+            sand_colour = np.array([120, 130, 100], np.float32) * rng.uniform(0.7, 1.0)
+            image = np.where(sand, sand_colour + 6.0 * _smooth_noise(rng, height, width, 16),
+                             image)
+        for _ in range(int(rng.integers(15, 40))):  # particles drifting in the water
+            brightness = float(rng.uniform(150, 220))
+            cv2.circle(image, (int(rng.integers(width)), int(rng.integers(height))),
+                       int(rng.integers(0, 2)), (brightness, ) * 3, -1, cv2.LINE_AA)
+        return _Canvas(image, None)
+
+    def tone_colours(self, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+        body = _random_rgb(rng, (0.6, 1.0), (0.6, 1.0))
+        return {
+            'body': body,
+            'dark': 0.55 * body,
+            'light': np.full(3, rng.uniform(215, 250), np.float32),
+            'skin': np.array([235, 200, 60], np.float32),  # a diver's yellow mask
+        }
+
+    def shade(self, rng: np.random.Generator, colour: np.ndarray, center: np.ndarray,
+              size: float) -> np.ndarray:
+        # Water absorbs red first; caustics ripple over the surface.
+        distance = rng.uniform(0.0, 0.6)
+        absorption = np.array([1 - 0.8 * distance, 1 - 0.35 * distance, 1 - 0.15 * distance],
+                              np.float32)
+        height, width = colour.shape[:2]
+        ripple = 1.0 + 0.12 * _smooth_noise(rng, height, width, 12)
+        return colour * absorption * ripple
+
+    def finish(self, rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+        height, width = self.spec.image_size
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        radius2 = ((xs - width / 2) / width)**2 + ((ys - height / 2) / height)**2
+        vignette = (1.0 - 0.9 * radius2)[..., None]
+        return image * vignette + rng.normal(0.0, 3.0, image.shape).astype(np.float32)
+
+
 _DOMAINS = {
     'photo': _PhotoDomain,
     'sketch': _SketchDomain,
     'aerial': _AerialDomain,
     'scan': _ScanDomain,
+    'thermal': _ThermalDomain,
+    'comic': _ComicDomain,
+    'microscopy': _MicroscopyDomain,
+    'underwater': _UnderwaterDomain,
 }
 
 # A proposal that collides is redrawn; after this many tries the image keeps fewer objects.
@@ -614,18 +914,47 @@ def _split_rng(seed: int, name: str, split: str) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
 
 
-def _resolve_counts(overrides: Mapping[str, CountOverride]) -> Dict[str, Dict[str, int]]:
-    """``{name: {split: n}}``: the specs' sizes with the ``{split: override}`` applied."""
-    known = {spec.name for spec in DEMO_DATASETS}
+_SPECS_BY_NAME = {spec.name: spec for spec in DEMO_DATASETS + EXTRA_DEMO_DATASETS}
+
+
+def _chosen_specs(datasets: Optional[Sequence[str]]) -> Tuple[DemoDatasetSpec, ...]:
+    """The specs of the dataset names ``datasets`` in their order; None means the default four."""
+    if datasets is None:
+        return DEMO_DATASETS
+    known = list(_SPECS_BY_NAME)
+    if isinstance(datasets, str) or not isinstance(datasets, Sequence) or not datasets \
+            or not all(isinstance(name, str) for name in datasets):
+        raise ValueError(f'datasets must be a non-empty list of demo dataset names (known: '
+                         f'{known}), got {datasets!r}')
+    unknown = [name for name in datasets if name not in _SPECS_BY_NAME]
+    if unknown:
+        raise ValueError(f'Unknown demo datasets {unknown}; known: {known}')
+    repeated = sorted({name for name in datasets if datasets.count(name) > 1})
+    if repeated:
+        raise ValueError(f'datasets names {repeated} more than once; name each dataset once')
+    return tuple(_SPECS_BY_NAME[name] for name in datasets)
+
+
+def _resolve_counts(specs: Sequence[DemoDatasetSpec],
+                    overrides: Mapping[str, CountOverride]) -> Dict[str, Dict[str, int]]:
+    """``{name: {split: n}}`` for ``specs``: their sizes with ``{split: override}`` applied."""
+    chosen = [spec.name for spec in specs]
     counts = {spec.name: {split: getattr(spec, f'num_{split}') for split in SPLITS}
-              for spec in DEMO_DATASETS}
+              for spec in specs}
     for split, override in overrides.items():
         if override is None:
             continue
-        per_dataset = override if isinstance(override, Mapping) else dict.fromkeys(known, override)
-        unknown = set(per_dataset) - known
+        per_dataset = override if isinstance(override, Mapping) else dict.fromkeys(chosen,
+                                                                                  override)
+        unknown = sorted(set(per_dataset) - set(_SPECS_BY_NAME))
         if unknown:
-            raise ValueError(f'Unknown demo datasets {sorted(unknown)}; known: {sorted(known)}')
+            raise ValueError(f'Unknown demo datasets {unknown} in num_{split}; known: '
+                             f'{list(_SPECS_BY_NAME)}')
+        not_chosen = sorted(set(per_dataset) - set(chosen))
+        if not_chosen:
+            raise ValueError(f'num_{split} gives counts for {not_chosen}, which are not among '
+                             f'the datasets generated ({chosen}); add them to datasets or drop '
+                             'their counts')
         for name, count in per_dataset.items():
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ValueError(f'{split} count of {name!r} must be a positive int, '
@@ -680,10 +1009,11 @@ def _generate_split(spec: DemoDatasetSpec, split: str, count: int, seed: int, ro
     return len(annotations)
 
 
-def _describe(out_dir: Path, manifest: dict) -> Dict[str, dict]:
+def _describe(out_dir: Path, manifest: dict,
+              specs: Sequence[DemoDatasetSpec]) -> Dict[str, dict]:
     """What `generate_demo_mixture` returns, rebuilt from a manifest and its location."""
     description = {}
-    for spec in DEMO_DATASETS:
+    for spec in specs:
         entry = manifest['datasets'][spec.name]
         root = out_dir / spec.name
         description[spec.name] = {
@@ -700,9 +1030,9 @@ def _describe(out_dir: Path, manifest: dict) -> Dict[str, dict]:
     return description
 
 
-def _is_complete(out_dir: Path, manifest: dict) -> bool:
-    """Whether every file the manifest promises is on disk."""
-    for spec in DEMO_DATASETS:
+def _is_complete(out_dir: Path, manifest: dict, specs: Sequence[DemoDatasetSpec]) -> bool:
+    """Whether every file the manifest promises for ``specs`` is on disk."""
+    for spec in specs:
         root = out_dir / spec.name
         for split in SPLITS:
             if not (root / 'annotations' / f'{split}.json').is_file():
@@ -725,46 +1055,52 @@ def _read_manifest(path: Path) -> Optional[dict]:
 
 def generate_demo_mixture(out_dir: Union[str, Path], seed: int = 0,
                           num_train: CountOverride = None, num_val: CountOverride = None,
-                          num_test: CountOverride = None,
-                          progress: bool = True) -> Dict[str, dict]:
+                          num_test: CountOverride = None, progress: bool = True,
+                          datasets: Optional[Sequence[str]] = None) -> Dict[str, dict]:
     """Write the demo mixture under ``out_dir``, or reuse it if it is already there.
 
     Args:
         out_dir: Root directory of the mixture (created if missing).
         seed: Non-negative seed; the same seed always gives byte-identical files.
         num_train: Training images per dataset: an int for all datasets, a dict
-            ``{name: count}`` for some, or None for the defaults of :data:`DEMO_DATASETS`.
+            ``{name: count}`` for some, or None for the specs' defaults.
         num_val: Validation images per dataset, like ``num_train``.
         num_test: Test images per dataset, like ``num_train``.
         progress: Show one progress bar per dataset.
+        datasets: Names of the datasets to write, from :data:`DEMO_DATASETS` and
+            :data:`EXTRA_DEMO_DATASETS`, in the order wanted; None means the four of
+            :data:`DEMO_DATASETS`. A dataset's files do not depend on which others are
+            chosen.
 
     Returns:
         ``{name: {'classes', 'image_size', 'data_root', 'train': split, 'val': split,
-        'test': split}}`` in :data:`DEMO_DATASETS` order, where each split is ``{'ann_file', 'img_prefix',
-        'num_images', 'num_objects'}`` with paths under ``out_dir``.
+        'test': split}}`` in ``datasets`` order, where each split is ``{'ann_file',
+        'img_prefix', 'num_images', 'num_objects'}`` with paths under ``out_dir``.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f'seed must be a non-negative int, got {seed!r}')
     seed = int(seed)
     out_dir = Path(out_dir)
-    counts = _resolve_counts(dict(train=num_train, val=num_val, test=num_test))
+    specs = _chosen_specs(datasets)
+    counts = _resolve_counts(specs, dict(train=num_train, val=num_val, test=num_test))
     manifest_path = out_dir / MANIFEST_NAME
 
     cached = _read_manifest(manifest_path)
-    requested = {'generator_version': DEMO_MIXTURE_VERSION, 'seed': seed, 'counts': counts}
+    requested = {'generator_version': DEMO_MIXTURE_VERSION, 'seed': seed,
+                 'names': [spec.name for spec in specs], 'counts': counts}
     if cached is not None and {key: cached.get(key) for key in requested} == requested \
-            and _is_complete(out_dir, cached):
-        return _describe(out_dir, cached)
+            and _is_complete(out_dir, cached, specs):
+        return _describe(out_dir, cached, specs)
 
     # Drop the manifest first: an interrupted run must not look complete next time.
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path.unlink(missing_ok=True)
-    datasets = {}
-    for spec in DEMO_DATASETS:
+    written = {}
+    for spec in specs:
         split_counts = counts[spec.name]
         with tqdm(total=sum(split_counts.values()), desc=f'demo {spec.name}',
                   disable=not progress, leave=True) as progress_bar:
-            datasets[spec.name] = {
+            written[spec.name] = {
                 split: {
                     'num_images': split_counts[split],
                     'num_objects': _generate_split(spec, split, split_counts[split], seed,
@@ -772,6 +1108,6 @@ def generate_demo_mixture(out_dir: Union[str, Path], seed: int = 0,
                 }
                 for split in SPLITS
             }
-    manifest = dict(requested, datasets=datasets)
+    manifest = dict(requested, datasets=written)
     _write_json(manifest_path, manifest)
-    return _describe(out_dir, manifest)
+    return _describe(out_dir, manifest, specs)

@@ -1,5 +1,6 @@
 """The demo mixture generator: determinism, valid COCO, mmdet loading, caching."""
 import hashlib
+import json
 from pathlib import Path
 
 import cv2
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from damex_mmdet.demo import DEMO_DATASETS, MANIFEST_NAME, generate_demo_mixture
+from damex_mmdet.demo import (DEMO_DATASETS, EXTRA_DEMO_DATASETS, MANIFEST_NAME,
+                               generate_demo_mixture)
 from damex_mmdet.demo.generator import SPLITS
 
 # Tiny splits keep the module fast; scan's 3 training images stay fewer than the others'.
@@ -95,7 +97,11 @@ def test_train_and_val_are_those_of_version_1_and_test_is_new(mixture):
 
 def test_annotations_are_valid_coco(mixture):
     _, description = mixture
-    for spec in DEMO_DATASETS:
+    assert_valid_coco(description, DEMO_DATASETS)
+
+
+def assert_valid_coco(description: dict, specs) -> None:
+    for spec in specs:
         height, width = spec.image_size
         for split in SPLITS:
             coco = COCO(description[spec.name][split]['ann_file'])
@@ -188,3 +194,127 @@ def test_rejects_bad_arguments(tmp_path):
         generate_demo_mixture(tmp_path, num_val=0, progress=False)
     with pytest.raises(ValueError, match='non-negative'):
         generate_demo_mixture(tmp_path, seed=-1, progress=False)
+
+
+EXTRA_NAMES = [spec.name for spec in EXTRA_DEMO_DATASETS]
+
+
+@pytest.fixture(scope='module')
+def extra_mixture(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp('extra_mixture')
+    return out_dir, generate_demo_mixture(out_dir, num_train=3, num_val=1, num_test=1,
+                                          progress=False, datasets=EXTRA_NAMES)
+
+
+def test_extra_datasets_are_valid_coco_in_the_order_asked(extra_mixture):
+    out_dir, description = extra_mixture
+    assert list(description) == EXTRA_NAMES
+    assert_valid_coco(description, EXTRA_DEMO_DATASETS)
+    manifest = json.loads((out_dir / MANIFEST_NAME).read_text())
+    assert manifest['names'] == EXTRA_NAMES
+    assert sorted(path.name for path in out_dir.iterdir()) == sorted([*EXTRA_NAMES,
+                                                                      MANIFEST_NAME])
+
+
+def test_a_dataset_is_the_same_whichever_others_it_is_generated_with(mixture, extra_mixture,
+                                                                     tmp_path):
+    """Subsets mixing default and extra datasets, in any order: every file of a dataset is
+    byte-identical to the one generated with its own tuple (so also deterministic)."""
+    subset = ['microscopy', 'photo', 'comic']
+    description = generate_demo_mixture(tmp_path, num_train={'photo': 4, 'microscopy': 3,
+                                                             'comic': 3},
+                                        num_val={'photo': 2, 'microscopy': 1, 'comic': 1},
+                                        num_test={'photo': 2, 'microscopy': 1, 'comic': 1},
+                                        progress=False, datasets=subset)
+    assert list(description) == subset
+    for name in subset:
+        reference = mixture[0] if name == 'photo' else extra_mixture[0]
+        assert file_digests(tmp_path / name) == file_digests(reference / name)
+
+
+# Per dataset: mean red, green and blue; grey-level contrast; colourfulness (max - min
+# channel); how much brighter the lower half is than the upper (sky and ground).
+STATISTICS = ('mean R', 'mean G', 'mean B', 'grey std', 'colourfulness', 'lower - upper')
+
+
+def image_statistics(image_dir: Path) -> np.ndarray:
+    images = [cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float32)
+              for path in sorted(image_dir.glob('*.png'))]
+    pixels = np.concatenate([image.reshape(-1, 3) for image in images])
+    greys = [image.mean(axis=2) for image in images]
+    half = greys[0].shape[0] // 2
+    return np.array([*pixels.mean(axis=0), np.mean([grey.std() for grey in greys]),
+                     np.mean(pixels.max(axis=1) - pixels.min(axis=1)),
+                     np.mean([grey[half:].mean() - grey[:half].mean() for grey in greys])])
+
+
+def test_every_domain_looks_unlike_every_other(mixture, extra_mixture):
+    """Each pair of the eight datasets differs by at least 25 grey levels in some image
+    statistic, so no new domain is a recoloured copy of another."""
+    statistics = {}
+    for out_dir, description in (mixture, extra_mixture):
+        for name, entry in description.items():
+            statistics[name] = image_statistics(Path(entry['train']['img_prefix']))
+    assert len(statistics) == 8
+    names = list(statistics)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            gaps = np.abs(statistics[first] - statistics[second])
+            assert gaps.max() >= 25, (first, second, dict(zip(STATISTICS, gaps.round(1))))
+
+
+def test_microscopy_boxes_are_tight_on_the_glowing_pixels(extra_mixture):
+    """On the dark slide only objects glow brightly (debris and haze stay dim): no bright
+    pixel lies outside the boxes, and inside each box bright pixels reach within a pixel
+    (the anti-aliased fringe) of every edge, at any rotation."""
+    _, description = extra_mixture
+    entry = description['microscopy']['train']
+    coco = COCO(entry['ann_file'])
+    for image_id in coco.getImgIds():
+        info = coco.loadImgs(image_id)[0]
+        brightest = cv2.imread(entry['img_prefix'] + info['file_name']).max(axis=2)
+        inside = np.zeros(brightest.shape, bool)
+        for ann in coco.imgToAnns[image_id]:
+            x, y, w, h = (int(v) for v in ann['bbox'])
+            glowing = brightest[y:y + h, x:x + w] > 60
+            rows, cols = np.flatnonzero(glowing.any(axis=1)), np.flatnonzero(glowing.any(axis=0))
+            assert rows[0] <= 1 and rows[-1] >= h - 2 and cols[0] <= 1 and cols[-1] >= w - 2
+            inside[y:y + h, x:x + w] = True
+        assert not (brightest > 110)[~inside].any()
+
+
+def test_the_cache_is_per_choice_of_datasets(tmp_path):
+    first = generate_demo_mixture(tmp_path, num_train=1, num_val=1, num_test=1,
+                                  progress=False, datasets=['thermal', 'scan'])
+    digests = file_digests(tmp_path)
+    assert generate_demo_mixture(tmp_path, num_train=1, num_val=1, num_test=1,
+                                 progress=False, datasets=['thermal', 'scan']) == first
+    assert file_digests(tmp_path) == digests
+    # The same datasets in another order are another mixture's description.
+    swapped = generate_demo_mixture(tmp_path, num_train=1, num_val=1, num_test=1,
+                                    progress=False, datasets=['scan', 'thermal'])
+    assert list(swapped) == ['scan', 'thermal']
+    assert json.loads((tmp_path / MANIFEST_NAME).read_text())['names'] == ['scan', 'thermal']
+
+
+@pytest.mark.parametrize('datasets, message', [
+    (['photo', 'infrared'], r"Unknown demo datasets \['infrared'\]; known: \['photo', 'sketch', "
+     r"'aerial', 'scan', 'thermal', 'comic', 'microscopy', 'underwater'\]"),
+    ('photo', 'non-empty list of demo dataset names'),
+    ([], 'non-empty list of demo dataset names'),
+    (['comic', 'comic'], r"names \['comic'\] more than once"),
+])
+def test_rejects_bad_dataset_choices(tmp_path, datasets, message):
+    with pytest.raises(ValueError, match=message):
+        generate_demo_mixture(tmp_path, progress=False, datasets=datasets)
+    assert not any(tmp_path.iterdir())
+
+
+def test_counts_must_name_chosen_datasets(tmp_path):
+    with pytest.raises(ValueError, match=r"num_train gives counts for \['scan'\], which are not "
+                       r"among the datasets generated \(\['photo', 'comic'\]\)"):
+        generate_demo_mixture(tmp_path, num_train={'scan': 2}, progress=False,
+                              datasets=['photo', 'comic'])
+    with pytest.raises(ValueError, match=r"Unknown demo datasets \['coco'\] in num_val"):
+        generate_demo_mixture(tmp_path, num_val={'coco': 2}, progress=False,
+                              datasets=['photo', 'comic'])
