@@ -177,6 +177,23 @@ def _ddp_worker(rank, port, results):
         tokens[..., 0] = sign * (1 + tokens[..., 0].abs())
         model(tokens).sum().backward()
     results[rank] = layer.expert_w1.grad.abs().sum(dim=(1, 2)).tolist()
+
+    # 3 tokens, 4 experts, capacity factor 0.5: tutel's formula gives no slot
+    # at all; every expert keeps at least one. Rank 1's tokens are all
+    # padding: it routes nothing.
+    layer = MoEFFN(embed_dims=8, feedforward_channels=16, num_experts=4,
+                   capacity_factor=0.5)
+    with torch.no_grad():
+        layer.gate.weight.zero_()
+        layer.gate.weight[0, 0] = 10.  # every token chooses expert 0
+    model = DistributedDataParallel(layer, find_unused_parameters=False)
+    tokens = torch.randn(1, 3, 8)
+    tokens[..., 0] = 1 + tokens[..., 0].abs()
+    for _ in range(3):
+        with layer.ignore_padding(torch.full((1, 3), rank == 1)):
+            model(tokens).sum().backward()
+    results[f'capacity{rank}'] = (
+        layer.expert_w1.grad.abs().sum(dim=(1, 2)).tolist())
     dist.destroy_process_group()
 
 
@@ -186,3 +203,6 @@ def test_experts_without_tokens_do_not_break_ddp():
     grads = results[0]
     assert results[1] == grads
     assert grads[0] > 0 and grads[3] > 0 and grads[1] == grads[2] == 0
+    grads = results['capacity0']
+    assert results['capacity1'] == grads
+    assert grads[0] > 0 and grads[1] == grads[2] == grads[3] == 0
