@@ -12,12 +12,15 @@ For every page (found by glob, so pages added later are checked too):
 - every `make` target exists in the Makefile;
 - every Python snippet (```python blocks, and inline `...dict(...)` config
   fragments) parses, and every `type='Name'` in it names a class of this
-  package, mmdet, mmengine, mmcv or torch.
+  package, mmdet, mmengine, mmcv or torch;
+- every `damex_mmdet.x.y` it names (and every name a snippet imports from
+  damex_mmdet) can be imported.
 Comments in the code that point at a page (`benchmarks/README.md#...`) must
 resolve too.
 """
 import ast
 import functools
+import importlib
 import json
 import os
 import re
@@ -457,6 +460,38 @@ def snippet_problems(path: Path) -> List[str]:
     return problems
 
 
+def package_name_exists(dotted: str) -> bool:
+    """Whether ``damex_mmdet.a.b`` is a module, or a name in one."""
+    parts = dotted.split('.')
+    for split in range(len(parts), 0, -1):
+        try:
+            value = importlib.import_module('.'.join(parts[:split]))
+        except ImportError:
+            continue
+        for attribute in parts[split:]:
+            if not hasattr(value, attribute):
+                return False
+            value = getattr(value, attribute)
+        return True
+    return False
+
+
+def package_name_problems(path: Path) -> List[str]:
+    page = read_page(path)
+    named = [(name, unit.line) for unit in page.units for span in unit.spans
+             for name in re.findall(r'\bdamex_mmdet(?:\.\w+)+', span)]
+    for code, line in python_snippets(page):
+        try:
+            tree = parse_snippet(code)
+        except SyntaxError:
+            continue  # reported by test_python_snippets_parse
+        named += [(f'{node.module}.{alias.name}', line) for node in ast.walk(tree)
+                  if isinstance(node, ast.ImportFrom) and (node.module or '').startswith('damex_mmdet')
+                  for alias in node.names]
+    return sorted({f'line {line}: {name} cannot be imported'
+                   for name, line in named if not package_name_exists(name)})
+
+
 # --------------------------------------------------------------------------
 # The tests
 
@@ -491,6 +526,12 @@ def test_make_targets_exist(page):
 def test_python_snippets_parse(page):
     problems = snippet_problems(page)
     assert not problems, f'{page_id(page)}: Python snippets:\n' + '\n'.join(problems)
+
+
+@pytest.mark.parametrize('page', PAGES, ids=page_id)
+def test_package_names_exist(page):
+    problems = package_name_problems(page)
+    assert not problems, f'{page_id(page)}:\n' + '\n'.join(problems)
 
 
 def test_pages_referenced_by_the_code_resolve():
@@ -559,6 +600,7 @@ model = dict(type='DAMEX', head=dict(type='NoSuchHead'))
 ```
 
 Inline: `moe_cfg=dict(shared_expert=True` and `mmdet::dino/no_such.py`.
+`damex_mmdet.apis.infer` exists, `damex_mmdet.apis.no_such_function` does not.
 """, encoding='utf-8')
     (tmp_path / 'README.md').write_text('# Readme\n', encoding='utf-8')
 
@@ -576,3 +618,5 @@ Inline: `moe_cfg=dict(shared_expert=True` and `mmdet::dino/no_such.py`.
     snippets = snippet_problems(page)
     assert len(snippets) == 2
     assert "type='NoSuchHead'" in snippets[0] and "'(' was never closed" in snippets[1]
+    assert package_name_problems(page) == [
+        'line 23: damex_mmdet.apis.no_such_function cannot be imported']
