@@ -232,8 +232,15 @@ def commands(text: str, first_line: int) -> Iterator[tuple]:
         logical = ''
 
 
+def without_checkout_variable(word: str) -> str:
+    """`$DAMEX/tools/infer.py` -> `tools/infer.py`: a page may spell paths
+    from a variable that holds the checkout, to run from any folder."""
+    return re.sub(r'^\$\{?\w+\}?/', '', word)
+
+
 def tool_of(word: str) -> Optional[str]:
     """The repository tool a command word runs, if any."""
+    word = without_checkout_variable(word)
     return repo_tools().get(word.lstrip('./')) if word.endswith('.py') else None
 
 
@@ -265,7 +272,8 @@ def named_paths(page: Page) -> Iterator[tuple]:
             for index, word in enumerate(words):
                 if index and words[index - 1] in OUTPUT_OPTIONS:
                     continue
-                for match in PATH_RE.finditer(word.split('=', 1)[-1]):
+                value = without_checkout_variable(word.split('=', 1)[-1])
+                for match in PATH_RE.finditer(value):
                     yield match.group(1), command_line
     for snippet, line in python_snippets(page):
         try:
@@ -600,7 +608,8 @@ model = dict(type='DAMEX', head=dict(type='NoSuchHead'))
 ```
 
 Inline: `moe_cfg=dict(shared_expert=True` and `mmdet::dino/no_such.py`.
-`damex_mmdet.apis.infer` exists, `damex_mmdet.apis.no_such_function` does not.
+`damex_mmdet.apis.infer` exists, `damex_mmdet.apis.no_such_function` does not;
+`python $DAMEX/tools/infer.py photo.png $DAMEX/configs/demo/gone.py ckpt.pth --nope`.
 """, encoding='utf-8')
     (tmp_path / 'README.md').write_text('# Readme\n', encoding='utf-8')
 
@@ -610,10 +619,12 @@ Inline: `moe_cfg=dict(shared_expert=True` and `mmdet::dino/no_such.py`.
     assert not pending
     assert path_problems(page) == [
         'line 12: configs/demo/no_such_config.py: no such path in the repository',
+        'line 23: configs/demo/gone.py: no such path in the repository',
         'line 23: mmdet::dino/no_such.py is not in the installed mmdet']
     assert option_problems(page) == [
         'line 11: tools/infer.py has no option --no-such-option',
-        'line 17: --not-an-option is not an option of any tool this page names']
+        'line 17: --not-an-option is not an option of any tool this page names',
+        'line 23: tools/infer.py has no option --nope']
     assert make_problems(page) == ['line 13: make no-such-target: no such Makefile target']
     snippets = snippet_problems(page)
     assert len(snippets) == 2
