@@ -59,9 +59,17 @@ from damex_mmdet.demo import DEMO_DATASETS, generate_demo_mixture
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = dict(dino='configs/demo/dino_demo.py', moe='configs/demo/moe_demo.py',
                damex='configs/demo/damex_demo.py',
-               damex_paper='configs/demo/damex_paper_demo.py')
+               damex_paper='configs/demo/damex_paper_demo.py',
+               # The controls of the recommended DAMEX (damex).
+               dino_wide='configs/demo/dino_wide_demo.py',
+               dino_params='configs/demo/dino_params_demo.py',
+               moe_shared='configs/demo/moe_shared_demo.py',
+               damex_random='configs/demo/damex_random_demo.py')
 # Models with a dataset-to-expert map to restrict to a setting's datasets.
-DAMEX_MODELS = ('damex', 'damex_paper')
+DAMEX_MODELS = ('damex', 'damex_paper', 'damex_random')
+# Models whose test split is also scored with oracle routing (each image
+# through its dataset's expert), the ceiling of the learned gate.
+ORACLE_MODELS = ('damex', 'damex_paper')
 # Trained in two phases: dense DINO, then DAMEX from the upcycled checkpoint.
 UPCYCLED = 'upcycled'
 MODELS = [*CONFIGS, UPCYCLED]
@@ -73,14 +81,17 @@ SETTINGS = dict(
     domains=dict(datasets=['sketch', 'aerial', 'scan'], num_train=None),
     labels=dict(datasets=['photo', 'sketch'], num_train=None),
 )
-# Run-name suffix -> the sampler's config; proportional is the configs' own.
+# Run-name suffix -> the sampler's config, written into every run's config
+# (the demo configs differ: damex_demo.py samples with temperature 2).
 SAMPLERS = dict(
-    proportional=None,
+    proportional="dict(type='MixtureSampler', mode='proportional')",
     temp2="dict(type='MixtureSampler', mode='temperature', temperature=2.0)",
 )
 # 200 val images per dataset resolve differences of about 1 AP; the generator
-# draws val images from their own stream, so the training sets stay the same.
+# draws val and test images from their own streams, so the training sets stay
+# the same. Val chooses (samplers, variants); test reports.
 DEFAULT_NUM_VAL = 200
+DEFAULT_NUM_TEST = 200
 
 
 def parse_args(argv=None):
@@ -104,6 +115,14 @@ def parse_args(argv=None):
                         'for smoke runs (default: the setting\'s own)')
     parser.add_argument('--num-val', type=int, default=DEFAULT_NUM_VAL,
                         help='validation images per dataset')
+    parser.add_argument('--num-test', type=int, default=DEFAULT_NUM_TEST,
+                        help='held-out test images per dataset')
+    parser.add_argument('--report', action='store_true',
+                        help='train nothing: print the tables of every run '
+                        'stored in the results file')
+    parser.add_argument('--reference', default='damex', choices=list(CONFIGS),
+                        help='the model every other model is compared with, '
+                        'seed by seed, on the test split')
     parser.add_argument('--work-dir', default='work_dirs/study')
     parser.add_argument('--data-dir', default='data/study')
     parser.add_argument('--tag', default='',
@@ -139,7 +158,10 @@ def study_config(setting: str, data_root: Path, model: str, seed: int,
         return [dict(name=n, data_root=f'{data_root.resolve()}/{n}/',
                      ann_file=f'annotations/{split}.json',
                      img_prefix=f'images/{split}/') for n in names]
+    # Each dataset keeps its expert of the four-dataset configs; the others
+    # stay spare.
     experts = {n: NAMES.index(n) for n in names}
+    spare = [e for e in range(len(NAMES)) if e not in experts.values()]
     lines = [
         f"_base_ = '{REPO / CONFIGS[model]}'",
         f'randomness = dict(seed={seed})',
@@ -150,18 +172,13 @@ def study_config(setting: str, data_root: Path, model: str, seed: int,
         f'{sum(len(CLASSES[n]) for n in names)}))',
         f'train_dataloader = dict(dataset=dict(datasets={entries("train")}))',
         f'val_dataloader = dict(dataset=dict(datasets={entries("val")}))',
-        'test_dataloader = val_dataloader',
+        f'test_dataloader = dict(dataset=dict(datasets={entries("test")}))',
     ]
-    if SAMPLERS[sampler]:
-        lines.append('train_dataloader.update(sampler=dict(_delete_=True, '
-                     f'**{SAMPLERS[sampler]}))')
+    lines.append('train_dataloader.update(sampler=dict(_delete_=True, '
+                 f'**{SAMPLERS[sampler]}))')
     if model in DAMEX_MODELS:
-        lines += [
-            f'model.update(dataset_to_expert=dict(_delete_=True, '
-            f'**{experts}))',
-            "val_evaluator = [dict(type='MixtureCocoMetric'), dict("
-            f"type='RoutingMetric', dataset_to_expert={experts})]",
-            'test_evaluator = val_evaluator']
+        lines.append(f'model.update(dataset_to_expert=dict(_delete_=True, '
+                     f'**{experts}), spare_experts={spare})')
     return '\n'.join(lines) + '\n'
 
 
@@ -268,7 +285,8 @@ def config_header(text: str, args, cfg_options) -> str:
     """The first line of a run's config: what its text cannot show (mixture
     sizes, ``cfg_options``, the resolved config's digest)."""
     return (f'# mixture_study.py: num_train={args.num_train} '
-            f'num_val={args.num_val} cfg_options={cfg_options} '
+            f'num_val={args.num_val} num_test={args.num_test} '
+            f'cfg_options={cfg_options} '
             f'resolved={resolved_digest(text)}\n')
 
 
@@ -325,8 +343,8 @@ def run(setting, model, sampler, seed, args, progress):
     if not model.startswith(UPCYCLED):
         text = study_config(setting, data_root, model, seed, args.max_iters,
                             sampler)
-        return final_metrics(train(setting, name, text, args, progress,
-                                   finished, args.cfg_options))
+        return train(setting, name, text, args, progress, finished,
+                     args.cfg_options)
     dense_iters = round(int(model[len(UPCYCLED):]) / 100 * args.max_iters)
     damex_iters = args.max_iters - dense_iters
     # The dense phase runs the demo schedule and stops early. The
@@ -363,8 +381,52 @@ def run(setting, model, sampler, seed, args, progress):
         with open(dense_dir.parent / f'{name}_upcycle.log', 'w') as out:
             subprocess.run(command, stdout=out, stderr=subprocess.STDOUT,
                            check=True)
-    return final_metrics(train(setting, name, damex_text, args, progress,
-                               finished, args.cfg_options))
+    return train(setting, name, damex_text, args, progress, finished,
+                 args.cfg_options)
+
+
+def test_metrics(work_dir: Path, cfg_options, oracle: bool = False) -> dict:
+    """The metrics of a finished run's last checkpoint on the held-out test
+    split (tools/test.py), with the learned gate or, with ``oracle``, each
+    image routed through its dataset's expert. Computed once; kept in
+    ``work_dir``."""
+    kind = 'oracle' if oracle else 'test'
+    stored = work_dir / f'{kind}_metrics.json'
+    if stored.exists():
+        return json.loads(stored.read_text())
+    config = work_dir.parent / f'{work_dir.name}.py'
+    checkpoint = (work_dir / 'last_checkpoint').read_text().strip()
+    out_dir = work_dir / kind
+    options = [*cfg_options, *(['model.test_routing=dataset'] if oracle
+                               else [])]
+    command = [sys.executable, str(REPO / 'tools' / 'test.py'), str(config),
+               checkpoint, '--work-dir', str(out_dir)]
+    if options:
+        command += ['--cfg-options', *options]
+    with open(work_dir / f'{kind}.log', 'w') as out:
+        subprocess.run(command, stdout=out, stderr=subprocess.STDOUT,
+                       check=True)
+    # mmengine writes the test metrics to <timestamp>/<timestamp>.json.
+    logs = sorted(p for p in out_dir.glob('*/*.json')
+                  if p.stem == p.parent.name)
+    metrics = json.loads(logs[-1].read_text())
+    stored.write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def code_version() -> str:
+    """The commit the study runs, and a digest of the uncommitted changes to
+    the code and configs when there are any: what a stored result was made
+    with, beside its config (``recipe``)."""
+    def git(*command):
+        return subprocess.run(['git', *command], cwd=REPO, check=True,
+                              capture_output=True, text=True).stdout
+    version = git('rev-parse', '--short=12', 'HEAD').strip()
+    changes = git('diff', 'HEAD', '--', 'damex_mmdet', 'configs', 'tools',
+                  'benchmarks')
+    if changes:
+        version += '+' + hashlib.sha256(changes.encode()).hexdigest()[:12]
+    return version
 
 
 def mean_std(values):
@@ -396,10 +458,91 @@ def best_samplers(by_run):
     return {model: sampler for model, (sampler, _) in best.items()}
 
 
-def summarise(results):
+def dense_comparison(setting: str, by_run: dict) -> list:
+    """Markdown lines: each model with its best sampler minus dense DINO with
+    its best, same seed, on val."""
+    names = SETTINGS[setting]['datasets']
+    best = best_samplers(by_run)
+    if 'dino' not in best or len(best) < 2:
+        return []
+    lines = []
+    dense = {r['seed']: r for r in by_run[f'dino/{best["dino"]}']}
+    lines += ['\nEach model with its best sampler minus dense DINO with '
+              f'its best ({best["dino"]}), same seed:\n',
+              '| model (sampler) | AP difference per seed | mean±std AP '
+              '| 95% interval of the mean AP | mean±std AP50 | '
+              + ' | '.join(f'{n} AP mean±std' for n in names) + ' |',
+              '|---' * (len(names) + 5) + '|']
+    for model, sampler in best.items():
+        if model == 'dino':
+            continue
+        runs = [r for r in by_run[f'{model}/{sampler}']
+                if r['seed'] in dense]
+
+        def differences(metric):
+            return [r[metric] - dense[r['seed']][metric] for r in runs]
+        per_seed = ' / '.join(
+            f'{d:+.3f} (seed {r["seed"]})'
+            for d, r in zip(differences('mixture/mean/AP'), runs))
+        lines.append(
+            f'| {model} ({sampler}) | {per_seed} | '
+            f'{mean_std(differences("mixture/mean/AP"))} | '
+            f'{paired_interval(differences("mixture/mean/AP"))} | '
+            f'{mean_std(differences("mixture/mean/AP50"))} | '
+            + ' | '.join(mean_std(differences(f'mixture/{n}/AP'))
+                         for n in names) + ' |')
+    return lines
+
+
+def test_comparison(setting: str, by_run: dict, reference: str) -> list:
+    """Markdown lines: on the held-out test split, ``reference`` minus every
+    other model, same seed, each model with the sampler chosen on val
+    (:func:`best_samplers`); and the reference with oracle routing minus
+    itself with its learned gate. Runs without test metrics are left out."""
+    best = best_samplers(by_run)
+    if reference not in best:
+        return []
+    names = SETTINGS[setting]['datasets']
+    ours = {r['seed']: r for r in by_run[f'{reference}/{best[reference]}']
+            if 'test' in r}
+    lines = [f'\nTest split ({setting}; samplers chosen on val): '
+             f'{reference} ({best[reference]}) minus each model, same seed:\n',
+             '| minus | AP difference per seed | mean±std AP | 95% interval '
+             '| mean±std AP50 | '
+             + ' | '.join(f'{n} AP mean±std' for n in names) + ' |',
+             '|---' * (len(names) + 5) + '|']
+
+    def row(label, pairs):
+        def differences(metric):
+            return [a[metric] - b[metric] for a, b, _ in pairs]
+        per_seed = ' / '.join(f'{d:+.3f} (seed {seed})' for d, (_, _, seed)
+                              in zip(differences('mixture/mean/AP'), pairs))
+        return (f'| {label} | {per_seed} | '
+                f'{mean_std(differences("mixture/mean/AP"))} | '
+                f'{paired_interval(differences("mixture/mean/AP"))} | '
+                f'{mean_std(differences("mixture/mean/AP50"))} | '
+                + ' | '.join(mean_std(differences(f'mixture/{n}/AP'))
+                             for n in names) + ' |')
+    for model, sampler in best.items():
+        if model == reference:
+            continue
+        pairs = [(ours[r['seed']]['test'], r['test'], r['seed'])
+                 for r in by_run[f'{model}/{sampler}']
+                 if 'test' in r and r['seed'] in ours]
+        if pairs:
+            lines.append(row(f'{model} ({sampler})', pairs))
+    oracle = [(r['oracle'], r['test'], seed) for seed, r in ours.items()
+              if 'oracle' in r]
+    if oracle:
+        lines.append(row(f'(oracle routing minus {reference}\'s gate)',
+                         oracle))
+    return lines
+
+
+def summarise(results, reference='damex'):
     """Markdown tables per setting: every model and sampler (mean ± std over
-    seeds), then each model with its best sampler against dense DINO with
-    its best, seed by seed."""
+    seeds, on val), then each model with its best sampler against dense DINO
+    with its best, seed by seed (val), then :func:`test_comparison`."""
     lines = []
     for setting, by_run in results.items():
         names = SETTINGS[setting]['datasets']
@@ -421,34 +564,8 @@ def summarise(results):
                     stat(f'mixture/{n}/AP') for n in names)
                 + f' | {stat("mixture/mean/AP")} | {stat("mixture/mean/AP50")}'
                 f' | {stat("routing/mean/acc")} | {load} |')
-        best = best_samplers(by_run)
-        if 'dino' not in best or len(best) < 2:
-            continue
-        dense = {r['seed']: r for r in by_run[f'dino/{best["dino"]}']}
-        lines += ['\nEach model with its best sampler minus dense DINO with '
-                  f'its best ({best["dino"]}), same seed:\n',
-                  '| model (sampler) | AP difference per seed | mean±std AP '
-                  '| 95% interval of the mean AP | mean±std AP50 | '
-                  + ' | '.join(f'{n} AP mean±std' for n in names) + ' |',
-                  '|---' * (len(names) + 5) + '|']
-        for model, sampler in best.items():
-            if model == 'dino':
-                continue
-            runs = [r for r in by_run[f'{model}/{sampler}']
-                    if r['seed'] in dense]
-
-            def differences(metric):
-                return [r[metric] - dense[r['seed']][metric] for r in runs]
-            per_seed = ' / '.join(
-                f'{d:+.3f} (seed {r["seed"]})'
-                for d, r in zip(differences('mixture/mean/AP'), runs))
-            lines.append(
-                f'| {model} ({sampler}) | {per_seed} | '
-                f'{mean_std(differences("mixture/mean/AP"))} | '
-                f'{paired_interval(differences("mixture/mean/AP"))} | '
-                f'{mean_std(differences("mixture/mean/AP50"))} | '
-                + ' | '.join(mean_std(differences(f'mixture/{n}/AP'))
-                             for n in names) + ' |')
+        lines += dense_comparison(setting, by_run)
+        lines += test_comparison(setting, by_run, reference)
     return '\n'.join(lines)
 
 
@@ -496,6 +613,10 @@ def store_results(path, results):
 
 def main(argv=None):
     args = parse_args(argv)
+    out = Path(args.work_dir) / f'results{variant_suffix(args.tag)}.json'
+    if args.report:
+        print(summarise(json.loads(out.read_text()), args.reference))
+        return
     # Seed-major order: an interrupted study has every model at the first
     # seed before any model at the second.
     jobs = [(s, m, sampler, seed) for s in args.settings for seed in args.seeds
@@ -503,24 +624,33 @@ def main(argv=None):
     for setting in args.settings:
         num_train = args.num_train or SETTINGS[setting]['num_train']
         generate_demo_mixture(Path(args.data_dir) / setting,
-                              num_train=num_train, num_val=args.num_val)
+                              num_train=num_train, num_val=args.num_val,
+                              num_test=args.num_test)
     results = {s: {f'{m}/{sampler}': [] for m in args.models
                    for sampler in args.samplers} for s in args.settings}
     # One per model and sampler, not per seed: each resolves its configs.
     recipes = {(s, key): recipe_digest(s, *key.split('/'), args)
                for s, by_run in results.items() for key in by_run}
+    code = code_version()
     with tqdm(jobs, desc='study runs', unit='run') as progress:
         for setting, model, sampler, seed in progress:
-            metrics = run(setting, model, sampler, seed, args, progress)
+            work_dir = run(setting, model, sampler, seed, args, progress)
             key = f'{model}/{sampler}'
-            results[setting][key].append(dict(
-                metrics, seed=seed, recipe=recipes[setting, key]))
-    out = Path(args.work_dir) / f'results{variant_suffix(args.tag)}.json'
-    store_results(out, results)
+            record = dict(
+                final_metrics(work_dir), seed=seed,
+                recipe=recipes[setting, key], code=code,
+                test=test_metrics(work_dir, args.cfg_options))
+            if model in ORACLE_MODELS:
+                record['oracle'] = test_metrics(work_dir, args.cfg_options,
+                                                oracle=True)
+            results[setting][key].append(record)
+            # Each run is stored as it finishes: a study stopped midway
+            # keeps every run it completed.
+            store_results(out, {setting: {key: [record]}})
     print(f'\nResults ({len(args.seeds)} seeds, {args.max_iters} iterations, '
-          f'{args.num_val} val images per dataset, mean±std over seeds): '
-          f'{out}')
-    print(summarise(results))
+          f'{args.num_val} val and {args.num_test} test images per dataset, '
+          f'mean±std over seeds): {out}')
+    print(summarise(results, args.reference))
 
 
 if __name__ == '__main__':
