@@ -8,8 +8,6 @@ Re-running with the same arguments reuses the files already there.
 """
 import argparse
 
-from damex_mmdet.demo import generate_demo_mixture
-
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,6 +48,8 @@ def format_summary(description: dict) -> str:
 
 def main() -> None:
     args = parse_args()
+    # Imported after parsing, so that --help answers without loading torch.
+    from damex_mmdet.demo import generate_demo_mixture
     description = generate_demo_mixture(args.out, seed=args.seed, num_train=args.num_train,
                                          num_val=args.num_val, num_test=args.num_test,
                                          progress=not args.no_progress)

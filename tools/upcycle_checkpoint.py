@@ -23,12 +23,7 @@ import argparse
 import os
 import os.path as osp
 
-import torch
 from mmengine.config import Config, DictAction
-from mmengine.registry import init_default_scope
-
-from damex_mmdet.models import DAMEX, upcycle_dense_state_dict
-from mmdet.registry import MODELS
 
 
 def parse_args():
@@ -50,6 +45,12 @@ def main():
     args = parse_args()
     if osp.exists(args.out) and not args.force:
         raise SystemExit(f'{args.out} exists; pass --force to overwrite it.')
+    # Imported after parsing, so that --help answers without loading torch.
+    import torch
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    from damex_mmdet.models import DAMEX, upcycle_dense_state_dict
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)

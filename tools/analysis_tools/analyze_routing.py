@@ -13,8 +13,6 @@ import argparse
 
 from mmengine.config import Config, DictAction
 
-from damex_mmdet.analysis import RoutingAnalysisError, analyze_routing, format_routing_table
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -41,6 +39,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.max_images is not None and args.max_images < 1:
         raise SystemExit('error: --max-images must be >= 1')
+    # Imported after parsing, so that --help answers without loading torch.
+    from damex_mmdet.analysis import (RoutingAnalysisError, analyze_routing,
+                                      format_routing_table)
     try:
         cfg = Config.fromfile(args.config)
     except FileNotFoundError as error:

@@ -15,11 +15,6 @@ import argparse
 import json
 from pathlib import Path
 
-import mmengine
-
-from damex_mmdet.analysis import (LabelConfusionError, format_label_confusion,
-                                  label_block_confusion)
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -36,6 +31,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    # Imported after parsing, so that --help answers without loading torch.
+    import mmengine
+
+    from damex_mmdet.analysis import (LabelConfusionError, format_label_confusion,
+                                      label_block_confusion)
     if not Path(args.predictions).is_file():
         raise SystemExit(f'error: {args.predictions} is not a file; '
                          'write it with tools/test.py CONFIG CHECKPOINT --out FILE.pkl')

@@ -9,36 +9,41 @@ Kitchen. Example (VOC 2007 trainval):
 import argparse
 from pathlib import Path
 
-from damex_mmdet.datasets.converters import VOC_STYLE_CLASSES, voc_to_coco
-from damex_mmdet.datasets.converters.cli import (add_file_name_root_argument,
-                                                 add_fix_sizes_argument, add_out_argument,
-                                                 converter_parser, run_conversion)
-
 
 def parse_args() -> argparse.Namespace:
-    parser = converter_parser(__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('root', type=Path,
                         help='VOC-style folder with Annotations/, JPEGImages/, ImageSets/Main/')
-    add_out_argument(parser)
+    parser.add_argument('--out', type=Path, required=True, help='COCO json to write')
     parser.add_argument('--split', help='read ids from ImageSets/Main/<split>.txt; '
                         'all XMLs in the annotation folder when omitted')
     parser.add_argument('--ann-dir', type=Path,
                         help='annotation folder (default root/Annotations)')
     parser.add_argument('--img-dir', type=Path, help='image folder (default root/JPEGImages)')
     parser.add_argument('--classes', default='voc07',
-                        help=f'one of {sorted(VOC_STYLE_CLASSES)} or comma-separated names '
+                        help='the classes of a UODB dataset (clipart, comic, kitchen, voc07, '
+                        'voc12, watercolor) or comma-separated names '
                         '(default: the 20 VOC classes)')
     parser.add_argument('--skip-unknown', action='store_true',
                         help='drop boxes of classes not in --classes instead of stopping')
     parser.add_argument('--zero-based', action='store_true',
                         help='coordinates are 0-based already (do not subtract 1 from xmin/ymin)')
-    add_fix_sizes_argument(parser)
-    add_file_name_root_argument(parser)
+    parser.add_argument('--fix-sizes', action='store_true',
+                        help='when the image size written in an annotation differs from '
+                        "the image file's, use the file's size and count it in the summary "
+                        'instead of stopping')
+    parser.add_argument('--file-name-root', type=Path,
+                        help='write image paths relative to this folder above the image '
+                        'folder (e.g. data/uodb/<name>/images); default: the image folder')
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    # Imported after parsing, so that --help answers without loading torch.
+    from damex_mmdet.datasets.converters import VOC_STYLE_CLASSES, voc_to_coco
+    from damex_mmdet.datasets.converters.cli import run_conversion
     classes = VOC_STYLE_CLASSES.get(args.classes) or args.classes.split(',')
     run_conversion(lambda: voc_to_coco(
         ann_dir=args.ann_dir or args.root / 'Annotations',
