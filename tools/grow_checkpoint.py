@@ -81,9 +81,11 @@ def main(argv=None):
         raise SystemExit(f'error: {error}')
     print(format_growth(info, args.out))
     new_cfg = Config.fromfile(args.new_config)
-    if new_cfg.get('load_from') != args.out:
-        print(f'set load_from = {args.out!r} in {args.new_config} (it has '
-              f'{new_cfg.get("load_from")!r}), then train it.')
+    # Relative paths count from the working folder, as training reads them.
+    load_from = new_cfg.get('load_from')
+    if load_from is None or osp.abspath(load_from) != osp.abspath(args.out):
+        print(f'set load_from = {osp.abspath(args.out)!r} in '
+              f'{args.new_config} (it has {load_from!r}), then train it.')
 
 
 if __name__ == '__main__':
