@@ -50,8 +50,11 @@ TOOL_DIRS = ('tools', 'benchmarks')
 # under others (data/, work_dirs/, ../shared) are the user's or generated.
 CHECKED_ROOTS = ('configs', 'tools', 'benchmarks', 'damex_mmdet', 'tests',
                  'docs', 'requirements', '.ci')
-PATH_RE = re.compile(
-    r'(?<![\w./-])((?:%s)/[\w./*<>{},-]*)' % '|'.join(map(re.escape, CHECKED_ROOTS)))
+# docs/design.md names the package's files from inside it (`models/grow.py`).
+PACKAGE_DIRS = tuple(sorted(p.name for p in (REPO / 'damex_mmdet').iterdir()
+                            if (p / '__init__.py').is_file()))
+PATH_RE = re.compile(r'(?<![\w./-])((?:%s)/[\w./*<>{},-]*)' % '|'.join(
+    map(re.escape, CHECKED_ROOTS + PACKAGE_DIRS)))
 # Options whose value is a file the command writes, not one that must exist.
 OUTPUT_OPTIONS = ('--out', '--out-dir', '--work-dir')
 SHELL_SEPARATORS = re.compile(r'\s(?:&&|\|\||;|\|)\s|;\s*$|;\s')
@@ -296,7 +299,7 @@ def path_exists(path: str) -> bool:
                         for choice in brace.group(1).split(',')]
     for candidate in alternatives:
         pattern = re.sub(r'<[^<>]*>', '*', candidate)
-        if glob(str(REPO / pattern)):
+        if glob(str(REPO / pattern)) or glob(str(REPO / 'damex_mmdet' / pattern)):
             return True
     return False
 
