@@ -1,15 +1,17 @@
-"""Generate the embedded demo mixture (four small synthetic COCO datasets) and summarise it.
+"""Generate the embedded demo mixture (small synthetic COCO datasets) and summarise it.
 
-Example::
+Examples::
 
     python tools/generate_demo_mixture.py --out data/demo_mixture --seed 0
+    python tools/generate_demo_mixture.py --out data/demo8 --datasets photo sketch aerial \
+        scan thermal comic microscopy underwater
 
 Re-running with the same arguments reuses the files already there.
 """
 import argparse
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', default='data/demo_mixture', help='output directory')
     parser.add_argument('--seed', type=int, default=0, help='generation seed (>= 0)')
@@ -19,8 +21,12 @@ def parse_args() -> argparse.Namespace:
                         help='validation images per dataset (default: per-dataset sizes)')
     parser.add_argument('--num-test', type=int, default=None,
                         help='test images per dataset (default: per-dataset sizes)')
+    parser.add_argument('--datasets', nargs='+', metavar='NAME', default=None,
+                        help='the datasets to write, in this order, from the default four '
+                        '(photo sketch aerial scan) and the extra four (thermal comic '
+                        'microscopy underwater); default: the default four')
     parser.add_argument('--no-progress', action='store_true', help='hide progress bars')
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def format_summary(description: dict) -> str:
@@ -46,13 +52,17 @@ def format_summary(description: dict) -> str:
     return '\n'.join(lines)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv=None) -> None:
+    args = parse_args(argv)
     # Imported after parsing, so that --help answers without loading torch.
     from damex_mmdet.demo import generate_demo_mixture
-    description = generate_demo_mixture(args.out, seed=args.seed, num_train=args.num_train,
-                                         num_val=args.num_val, num_test=args.num_test,
-                                         progress=not args.no_progress)
+    try:
+        description = generate_demo_mixture(args.out, seed=args.seed, num_train=args.num_train,
+                                             num_val=args.num_val, num_test=args.num_test,
+                                             progress=not args.no_progress,
+                                             datasets=args.datasets)
+    except ValueError as error:  # a name, count or seed the generator rejects
+        raise SystemExit(f'error: {error}')
     print(format_summary(description))
 
 

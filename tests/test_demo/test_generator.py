@@ -12,6 +12,8 @@ from damex_mmdet.demo import (DEMO_DATASETS, EXTRA_DEMO_DATASETS, MANIFEST_NAME,
                                generate_demo_mixture)
 from damex_mmdet.demo.generator import SPLITS
 
+from ..conftest import load_script
+
 # Tiny splits keep the module fast; scan's 3 training images stay fewer than the others'.
 NUM_TRAIN = {'photo': 4, 'sketch': 4, 'aerial': 4, 'scan': 3}
 NUM_VAL = 2
@@ -318,3 +320,16 @@ def test_counts_must_name_chosen_datasets(tmp_path):
     with pytest.raises(ValueError, match=r"Unknown demo datasets \['coco'\] in num_val"):
         generate_demo_mixture(tmp_path, num_val={'coco': 2}, progress=False,
                               datasets=['photo', 'comic'])
+
+
+def test_the_tool_writes_the_datasets_named_in_order(tmp_path, capsys):
+    tool = load_script('tools/generate_demo_mixture.py')
+    tool.main(['--out', str(tmp_path), '--datasets', 'underwater', 'sketch', '--num-train', '1',
+               '--num-val', '1', '--num-test', '1', '--no-progress'])
+    rows = capsys.readouterr().out.splitlines()
+    assert [row.split()[0] for row in rows[2:4]] == ['underwater', 'sketch']
+    assert rows[2].split()[-3:] == ['fish,', 'jellyfish,', 'person']
+    assert sorted(path.name for path in tmp_path.iterdir()) == [MANIFEST_NAME, 'sketch',
+                                                                'underwater']
+    with pytest.raises(SystemExit, match=r"error: Unknown demo datasets \['sonar'\]; known: "):
+        tool.main(['--out', str(tmp_path / 'bad'), '--datasets', 'photo', 'sonar'])
