@@ -540,7 +540,9 @@ def test_load_from_the_ungrown_checkpoint_stops(grown, tmp_path):
 
 @pytest.mark.parametrize('base, grown', [
     ('demo/grow_damex_demo_base.py', 'demo/grow_damex_demo_add_scan.py'),
-    ('examples/damex_custom_mixture.py', 'examples/grow_custom_mixture.py')])
+    ('examples/damex_custom_mixture.py', 'examples/grow_custom_mixture.py'),
+    ('examples/damex_custom_mixture_demo_size.py',
+     'examples/grow_custom_mixture_demo_size.py')])
 def test_grow_configs_extend_their_base(base, grown):
     old = Config.fromfile(str(REPO_ROOT / 'configs' / base))
     new = Config.fromfile(str(REPO_ROOT / 'configs' / grown))
@@ -574,7 +576,8 @@ def test_grow_configs_extend_their_base(base, grown):
 
 
 @pytest.mark.parametrize('config', ['demo/grow_damex_demo_add_scan.py',
-                                    'examples/grow_custom_mixture.py'])
+                                    'examples/grow_custom_mixture.py',
+                                    'examples/grow_custom_mixture_demo_size.py'])
 def test_grow_configs_halve_the_rate_of_the_gates_only(config):
     """The grow configs' ``custom_keys=dict(gate=...)`` match by substring:
     they must reach every MoE gate and nothing else."""
