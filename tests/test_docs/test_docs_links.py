@@ -567,6 +567,28 @@ def test_pages_referenced_by_the_code_resolve():
     assert not problems, 'the code points at missing pages or sections:\n' + '\n'.join(problems)
 
 
+def unreached_pages(readme: Path, pages: List[Path]) -> List[Path]:
+    """The pages no chain of links from ``readme`` leads to."""
+    reached, todo = set(), [readme]
+    while todo:
+        page = todo.pop()
+        if page in reached or page.suffix != '.md' or not page.is_file():
+            continue
+        reached.add(page)
+        for unit in read_page(page).units:
+            for match in LINK_RE.finditer(CODE_SPAN_RE.sub('', unit.text)):
+                target = match.group(2).partition('#')[0]
+                if target and not re.match(r'^[a-z][a-z0-9+.-]*:', target):
+                    todo.append((page.parent / target).resolve())
+    return [page for page in pages if page not in reached]
+
+
+def test_every_page_is_reachable_from_the_readme():
+    """A page no link leads to is found by nobody and kept up by nobody."""
+    unreached = [page_id(p) for p in unreached_pages(REPO / 'README.md', PAGES)]
+    assert not unreached, f'no link from README.md leads to {unreached}'
+
+
 def test_readme_names_the_test_command():
     """CI's .ci/run runs `make test`; the README tells users the same."""
     readme = read_page(REPO / 'README.md')
@@ -634,3 +656,6 @@ Inline: `moe_cfg=dict(shared_expert=True` and `mmdet::dino/no_such.py`.
     assert "type='NoSuchHead'" in snippets[0] and "'(' was never closed" in snippets[1]
     assert package_name_problems(page) == [
         'line 23: damex_mmdet.apis.no_such_function cannot be imported']
+    orphan = tmp_path / 'orphan.md'
+    orphan.write_text('# Nobody links here\n', encoding='utf-8')
+    assert unreached_pages(page, [page, orphan]) == [orphan]
