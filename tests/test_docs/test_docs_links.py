@@ -258,19 +258,19 @@ def option_name(word: str) -> Optional[str]:
 
 
 def shell_fragments(page: Page) -> Iterator[tuple]:
-    """(text, line, unit) of every shell-like piece of a page: its non-Python
-    code blocks and its inline code spans."""
+    """(text, line) of every shell-like piece of a page: its non-Python code
+    blocks and its inline code spans."""
     for block in page.blocks:
         if block.language not in ('python', 'py'):
-            yield block.text, block.line, None
+            yield block.text, block.line
     for unit in page.units:
         for span in unit.spans:
-            yield span, unit.line, unit
+            yield span, unit.line
 
 
 def named_paths(page: Page) -> Iterator[tuple]:
     """(path, line) of every repository path a page names in code."""
-    for text, line, _ in shell_fragments(page):
+    for text, line in shell_fragments(page):
         for words, command_line in commands(text, line):
             for index, word in enumerate(words):
                 if index and words[index - 1] in OUTPUT_OPTIONS:
@@ -280,7 +280,7 @@ def named_paths(page: Page) -> Iterator[tuple]:
                     yield match.group(1), command_line
     for snippet, line in python_snippets(page):
         try:
-            tree = ast.parse(snippet)
+            tree = parse_snippet(snippet)
         except SyntaxError:
             continue  # reported by test_python_snippets_parse
         for node in ast.walk(tree):
@@ -403,7 +403,7 @@ def path_problems(path: Path) -> List[str]:
 def option_problems(path: Path) -> List[str]:
     page = read_page(path)
     problems = []
-    for text, first_line, _ in shell_fragments(page):
+    for text, first_line in shell_fragments(page):
         for words, line in commands(text, first_line):
             tools = [tool_of(w) for w in words]
             tool = next((t for t in tools if t), None)
@@ -447,7 +447,7 @@ def standalone_option_problems(page: Page, words: List[str], line: int) -> List[
 
 def make_problems(path: Path) -> List[str]:
     problems = []
-    for text, first_line, _ in shell_fragments(read_page(path)):
+    for text, first_line in shell_fragments(read_page(path)):
         for words, line in commands(text, first_line):
             words = [w for w in words if not re.match(r'^[A-Z_]+=', w)]
             if words and words[0] == 'make':
