@@ -8,6 +8,7 @@ import torch
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
+from mmengine.runner import IterBasedTrainLoop
 
 RNG_KEY = 'rng_state'
 
@@ -17,6 +18,39 @@ def _train_sampler_seed(runner) -> Optional[int]:
     return getattr(runner.train_dataloader.sampler, 'seed', None)
 
 
+def _set_rng_state(state: dict) -> None:
+    """Set the generators to a state saved by :class:`RNGStateHook`."""
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+class _RestoreBeforeBatch:
+    """An :class:`IterBasedTrainLoop`'s data iterator that sets the generators
+    to ``state`` right before it fetches batch number ``index`` (counted from
+    0 at this wrapper's first batch), then gives the loop its own iterator
+    back."""
+
+    def __init__(self, loop: IterBasedTrainLoop, index: int,
+                 state: dict) -> None:
+        self._loop = loop
+        self._iterator = loop.dataloader_iterator
+        self._index = index
+        self._state = state
+
+    def __iter__(self) -> '_RestoreBeforeBatch':
+        return self
+
+    def __next__(self):
+        if self._index == 0:
+            _set_rng_state(self._state)
+            self._loop.dataloader_iterator = self._iterator
+        self._index -= 1
+        return next(self._iterator)
+
+
 @HOOKS.register_module()
 class RNGStateHook(Hook):
     """Save the RNG states with every checkpoint and restore them on resume.
@@ -24,9 +58,16 @@ class RNGStateHook(Hook):
     mmengine restores weights, optimizer, scheduler and the loop position,
     but re-seeds the generators, so DINO's denoising-query noise and random
     augmentations after a resume differ from the uninterrupted run. The
-    states are restored right before the first resumed iteration, because
-    building the dataloader iterator and skipping the consumed batches draw
-    from them too.
+    states are restored where the uninterrupted run was when it saved them:
+    right before the first resumed batch is fetched. An
+    :class:`IterBasedTrainLoop` first replays the batches the interrupted run
+    consumed (building the iterator and skipping them draws from the
+    generators too, in the main process when ``num_workers=0``, where the
+    batches' random augmentations run), so the states are set after the
+    replay, right before the loop fetches the batch of its first resumed
+    iteration; an epoch-based loop resumes at an epoch's start and gets them
+    before it builds the epoch's iterator. A checkpoint loaded with
+    ``load_from`` (not resumed) keeps the run's own seeding.
 
     The train sampler's seed is saved as well. It is fixed when the runner
     builds the dataloader, before the checkpoint is read, so only
@@ -53,9 +94,10 @@ class RNGStateHook(Hook):
 
     def before_train(self, runner) -> None:
         # A checkpoint loaded with `load_from` starts at iteration 0: only a
-        # resumed run has to continue the interrupted run's sample order.
+        # resumed run continues the interrupted run's random streams.
         resumed = runner.iter > 0 or runner.epoch > 0
         if self._pending is None or not resumed:
+            self._pending = None
             return
         saved = self._pending.get('sampler_seed')
         current = _train_sampler_seed(runner)
@@ -68,13 +110,14 @@ class RNGStateHook(Hook):
                 "takes the checkpoint's seed.",
                 logger='current', level=logging.WARNING)
 
-    def before_train_iter(self, runner, batch_idx: int,
-                          data_batch=None) -> None:
+    def before_train_epoch(self, runner) -> None:
         if self._pending is None:
             return
         state, self._pending = self._pending, None
-        random.setstate(state['python'])
-        np.random.set_state(state['numpy'])
-        torch.set_rng_state(state['torch'])
-        if 'cuda' in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state['cuda'])
+        loop = runner.train_loop
+        if isinstance(loop, IterBasedTrainLoop):
+            # The loop skips runner.iter consumed batches after this hook.
+            loop.dataloader_iterator = _RestoreBeforeBatch(loop, runner.iter,
+                                                           state)
+        else:
+            _set_rng_state(state)
