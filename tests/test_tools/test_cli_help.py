@@ -3,6 +3,7 @@ before importing torch, mmdet or this package (a user types ``--help`` first;
 importing torch alone takes seconds)."""
 import argparse
 import re
+import resource
 import runpy
 import subprocess
 import sys
@@ -61,17 +62,17 @@ def test_help_imports_nothing_heavy(tool, tmp_path):
 
 @pytest.mark.parametrize('tool', TOOLS, ids=ids(TOOLS))
 def test_help_answers_within_two_seconds(tool, tmp_path):
-    # The best of three runs: another process on a loaded machine may slow
-    # one run, but a tool that imports torch takes longer every time.
-    seconds = []
-    for _ in range(3):
-        start = time.perf_counter()
-        result = run(tool, '--help', cwd=tmp_path)
-        seconds.append(time.perf_counter() - start)
-        assert result.returncode == 0, result.stderr[-3000:]
-        if seconds[-1] < MAX_SECONDS:
-            break
-    assert min(seconds) < MAX_SECONDS, f'{tool.name} --help took {seconds} s'
+    # The processor time the tool takes: other processes on a loaded machine
+    # stretch the wall time, not this. The wall time gets a generous bound.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    result = run(tool, '--help', cwd=tmp_path)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    assert cpu < MAX_SECONDS, f'{tool.name} --help took {cpu:.1f} s of processor time'
+    assert wall < 5 * MAX_SECONDS, f'{tool.name} --help took {wall:.1f} s'
 
 
 @pytest.mark.parametrize('name', ['train', 'test'])
