@@ -66,8 +66,9 @@ class RNGStateHook(Hook):
     batches' random augmentations run), so the states are set after the
     replay, right before the loop fetches the batch of its first resumed
     iteration; an epoch-based loop resumes at an epoch's start and gets them
-    before it builds the epoch's iterator. A checkpoint loaded with
-    ``load_from`` (not resumed) keeps the run's own seeding.
+    before it builds the epoch's iterator. A run that starts from a
+    checkpoint with ``load_from`` (not resumed) gets its states too, before
+    its first batch.
 
     The train sampler's seed is saved as well. It is fixed when the runner
     builds the dataloader, before the checkpoint is read, so only
@@ -94,10 +95,9 @@ class RNGStateHook(Hook):
 
     def before_train(self, runner) -> None:
         # A checkpoint loaded with `load_from` starts at iteration 0: only a
-        # resumed run continues the interrupted run's random streams.
+        # resumed run has to continue the interrupted run's sample order.
         resumed = runner.iter > 0 or runner.epoch > 0
         if self._pending is None or not resumed:
-            self._pending = None
             return
         saved = self._pending.get('sampler_seed')
         current = _train_sampler_seed(runner)
