@@ -13,12 +13,14 @@ from .conftest import CUDA
 
 EMBED_DIMS, HIDDEN, EXPERTS = 32, 64, 4
 # Dispatch variants: dropless top-1, a capacity that drops assignments,
-# top-2, and routing forced per sample (DAMEX's oracle).
+# top-2, routing forced per sample (DAMEX's oracle), and samples padded to a
+# common length (a capacity on their real tokens, top-2).
 CASES = {
     'dropless': dict(),
     'capacity': dict(capacity_factor=0.5),
     'top2': dict(top_k=2),
     'forced': dict(),
+    'padded': dict(capacity_factor=0.5, top_k=2),
 }
 
 
@@ -38,11 +40,18 @@ def run(moe: MoEFFN, case: str, x: torch.Tensor, grad: torch.Tensor
     """Forward and backward; the output, chosen experts and gradients."""
     x = x.detach().requires_grad_()
     forced = torch.arange(x.size(0), device=x.device) % EXPERTS
-    with moe.force_experts(forced) if case == 'forced' else nullcontext():
+    # Sample b has its first N - N * b // (2 * B) tokens real.
+    num_samples, num_tokens = x.shape[:2]
+    lengths = num_tokens - num_tokens * torch.arange(
+        num_samples, device=x.device) // (2 * num_samples)
+    padding = (torch.arange(num_tokens, device=x.device)[None]
+               >= lengths[:, None]) if case == 'padded' else None
+    with moe.force_experts(forced) if case == 'forced' else nullcontext(), \
+            moe.ignore_padding(padding):
         out = moe(x)
     out.backward(grad)
     result = dict(out=out.detach(), experts=moe.last_expert_indices,
-                  x_grad=x.grad)
+                  kept=moe.last_kept, x_grad=x.grad)
     result.update({name: param.grad for name, param in moe.named_parameters()
                    if param.grad is not None})
     return result
