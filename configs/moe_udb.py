@@ -11,8 +11,3 @@ model = dict(
     routing_loss_queries='matched',
     moe_cfg=dict(gate_noise_std=1 / 8),
     dataset_to_expert=None)
-val_evaluator = [
-    dict(type='MixtureCocoMetric'),
-    dict(type='RoutingMetric')
-]
-test_evaluator = val_evaluator

@@ -1,7 +1,8 @@
 """Plan a DAMEX config's dataset -> expert map from dataset sizes and similarity.
 
 Writes a config that inherits CONFIG and sets ``model.num_experts``,
-``model.dataset_to_expert`` and the RoutingMetric's map, plus OUT.json with the
+``model.dataset_to_expert`` and ``model.spare_experts`` (experts the plan
+leaves unused; RoutingMetric reads the model's map), plus OUT.json with the
 shares, the dissimilarity matrix and both plans: the one-expert map the config
 uses, and the split plan (a large dataset spanning several experts) for
 reference. See damex_mmdet/analysis/expert_planner.py for the program solved.

@@ -55,11 +55,6 @@ val_dataloader = dict(dataset=dict(datasets=[
     for name in dataset_names
 ]))
 test_dataloader = val_dataloader
-val_evaluator = [
-    dict(type='MixtureCocoMetric'),
-    dict(type='RoutingMetric', dataset_to_expert=dataset_to_expert)
-]
-test_evaluator = val_evaluator
 
 # 150 iterations, 30% of training all four datasets from scratch, at the
 # learning rate the base model ended its schedule with x5, then x0.1.

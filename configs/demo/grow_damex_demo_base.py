@@ -8,11 +8,10 @@ _base_ = './damex_demo.py'
 
 data_root = 'data/demo_mixture/'
 dataset_names = ['photo', 'sketch', 'aerial']
-dataset_to_expert = dict(photo=0, sketch=1, aerial=2)
 
 model = dict(
     num_experts=3,
-    dataset_to_expert=dict(_delete_=True, **dataset_to_expert),
+    dataset_to_expert=dict(_delete_=True, photo=0, sketch=1, aerial=2),
     bbox_head=dict(num_classes=10))  # photo 3 + sketch 4 + aerial 3
 train_dataloader = dict(dataset=dict(datasets=[
     dict(name=name, data_root=f'{data_root}{name}/',
@@ -25,8 +24,3 @@ val_dataloader = dict(dataset=dict(datasets=[
     for name in dataset_names
 ]))
 test_dataloader = val_dataloader
-val_evaluator = [
-    dict(type='MixtureCocoMetric'),
-    dict(type='RoutingMetric', dataset_to_expert=dataset_to_expert)
-]
-test_evaluator = val_evaluator

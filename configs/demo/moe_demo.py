@@ -6,8 +6,3 @@ model = dict(
     routing_loss=dict(_delete_=True, type='LoadBalancingLoss',
                       loss_weight=0.01),
     dataset_to_expert=None)
-val_evaluator = [
-    dict(type='MixtureCocoMetric'),
-    dict(type='RoutingMetric')
-]
-test_evaluator = val_evaluator

@@ -18,14 +18,15 @@ val_sets = [
     dict(name='cars', ann_file='data/cars/annotations/val.json',
          img_prefix='data/cars/images/'),
 ]
-dataset_to_expert = dict(pets=0, cars=1)
 
 model = dict(
     type='DAMEX',
     num_experts=2,
     moe_layers=dict(encoder=[], decoder=[0, 2, 4]),
     routing_loss=dict(type='DAMEXLoss', loss_weight=0.1),
-    dataset_to_expert=dataset_to_expert,
+    # One key per training dataset, each expert used (or listed in
+    # spare_experts); training stops before its first step otherwise.
+    dataset_to_expert=dict(pets=0, cars=1),
     # The recommended DAMEX: a dense FFN that every token uses beside its
     # dataset's expert (benchmarks/README.md#beating-dense-dino); it also
     # keeps the old datasets when the model grows (grow_custom_mixture.py).
@@ -50,10 +51,8 @@ val_dataloader = dict(
         pipeline={{_base_.test_pipeline}},
         test_mode=True))
 test_dataloader = val_dataloader
-val_evaluator = [
-    dict(type='MixtureCocoMetric'),
-    dict(type='RoutingMetric', dataset_to_expert=dataset_to_expert)
-]
+# RoutingMetric scores against the model's map.
+val_evaluator = [dict(type='MixtureCocoMetric'), dict(type='RoutingMetric')]
 test_evaluator = val_evaluator
 default_hooks = dict(
     checkpoint=dict(save_best='mixture/mean/AP', rule='greater',

@@ -58,11 +58,6 @@ train_dataloader = dict(
     dataset=dict(datasets=train_sets))
 val_dataloader = dict(dataset=dict(datasets=val_sets))
 test_dataloader = val_dataloader
-val_evaluator = [
-    dict(type='MixtureCocoMetric'),
-    dict(type='RoutingMetric', dataset_to_expert=dataset_to_expert)
-]
-test_evaluator = val_evaluator
 # A fine-tuning schedule: a fraction of the original one at a lower rate.
 train_cfg = dict(max_epochs=4)
 param_scheduler = [

@@ -475,15 +475,19 @@ def planned_config_text(base_config: str, plan: ExpertPlan, num_experts: int,
                         evaluators: Optional[Sequence[Mapping]] = None) -> str:
     """A config inheriting ``base_config`` that uses the plan's one-expert map.
 
+    Experts the plan leaves unused (more experts than datasets) are written as
+    ``model.spare_experts``, without which DAMEX stops before training.
+
     Args:
         base_config: Path of the inherited config, as ``_base_`` should name it.
         plan: A one-expert plan.
         num_experts: ``model.num_experts`` to set.
         evaluators: The base config's ``val_evaluator`` (a list or one evaluator); the
-            ``RoutingMetric`` in it gets the new map. None writes the plugin's pair (MixtureCocoMetric,
-            RoutingMetric).
+            ``RoutingMetric`` in it loses any map of its own, so that it scores against the
+            model's. None writes the plugin's pair (MixtureCocoMetric, RoutingMetric).
     """
     expert_map = plan.dataset_to_expert
+    spare = [e for e in range(num_experts) if e not in expert_map.values()]
     if isinstance(evaluators, Mapping):
         evaluators = [evaluators]
     evaluators = [e.to_dict() if hasattr(e, 'to_dict') else copy.deepcopy(dict(e))
@@ -491,7 +495,7 @@ def planned_config_text(base_config: str, plan: ExpertPlan, num_experts: int,
                                            dict(type='RoutingMetric')])]
     for evaluator in evaluators:
         if evaluator.get('type') == 'RoutingMetric':
-            evaluator['dataset_to_expert'] = '__MAP__'
+            evaluator.pop('dataset_to_expert', None)
     loads = ', '.join(f'{load:.3f}' for load in plan.expert_loads)
     lines = [
         '# Written by tools/plan_experts.py: the dataset -> expert map planned from the',
@@ -499,10 +503,10 @@ def planned_config_text(base_config: str, plan: ExpertPlan, num_experts: int,
         f'{plan.lower_bound:.4f}; expert token loads {loads}).',
         f'_base_ = {base_config!r}',
         '',
-        f'dataset_to_expert = {expert_map!r}',
         f'model = dict(num_experts={num_experts}, '
-        'dataset_to_expert=dict(_delete_=True, **dataset_to_expert))',
-        'val_evaluator = ' + repr(evaluators).replace("'__MAP__'", 'dataset_to_expert'),
+        f'dataset_to_expert=dict(_delete_=True, **{expert_map!r}), '
+        f'spare_experts={spare!r})',
+        f'val_evaluator = {evaluators!r}',
         'test_evaluator = val_evaluator',
     ]
     return '\n'.join(lines) + '\n'

@@ -4,6 +4,7 @@ import copy
 import io
 import json
 import os
+import re
 import shutil
 import xml.etree.ElementTree as ET
 
@@ -121,6 +122,67 @@ def test_routing_metric_against_hand_counts():
     assert metrics['routing/b/acc'] == pytest.approx(3 / 4)
     assert metrics['routing/mean/acc'] == pytest.approx((7 / 8 + 3 / 4) / 2)
     assert metrics['routing/expert0/load'] == pytest.approx(8 / 12)
+
+
+def routing_results(with_model_map: bool):
+    """Two images' routing counts, with the expert DAMEX's map gives each."""
+    samples = [
+        dict(dataset='a', routing_counts=torch.tensor([[3, 1], [4, 0]])),
+        dict(dataset='b', routing_counts=torch.tensor([[1, 1], [0, 2]])),
+    ]
+    if with_model_map:
+        for sample, expert in zip(samples, (0, 1)):
+            sample['dataset_expert'] = expert
+    return samples
+
+
+def test_routing_metric_reads_the_models_map():
+    """Without a map of its own the metric scores against the expert DAMEX
+    writes into each prediction: the map is written once, in the model. A
+    vanilla MoE's predictions carry none: loads only."""
+    logged = {}
+    for with_model_map in (True, False):
+        metric = METRICS.build(dict(type='RoutingMetric'))
+        metric.dataset_meta = dict(dataset_names=['a', 'b'])
+        metric.process({}, routing_results(with_model_map))
+        logged[with_model_map] = metric.evaluate(2)
+    assert logged[True]['routing/a/acc'] == pytest.approx(7 / 8)
+    assert logged[True]['routing/b/acc'] == pytest.approx(3 / 4)
+    assert sorted(logged[False]) == ['routing/expert0/load',
+                                     'routing/expert1/load']
+
+
+@pytest.mark.parametrize('expert_map, names, message', [
+    # A map merged from a _base_ config: per-dataset accuracy of c would
+    # silently be missing, and the map's extra keys name no dataset.
+    (dict(a=0, b=1, photo=2), ['a', 'b'],
+     r"names datasets \['photo'\] that the mixture does not have"),
+    (dict(a=0), ['a', 'b'], r"has no expert for \['b'\], whose routing "
+     r'accuracy would be missing'),
+])
+def test_routing_metric_map_that_does_not_fit_the_mixture(expert_map, names,
+                                                          message):
+    metric = METRICS.build(dict(type='RoutingMetric',
+                                dataset_to_expert=expert_map))
+    with pytest.raises(ValueError, match=r'(?s)RoutingMetric\.dataset_to_'
+                       rf'expert .* mixture of {re.escape(str(names))}: it '
+                       rf"{message}.*Drop the metric's dataset_to_expert"):
+        metric.dataset_meta = dict(dataset_names=names)
+    # Used without a runner: checked against the evaluated datasets.
+    metric = METRICS.build(dict(type='RoutingMetric',
+                                dataset_to_expert=expert_map))
+    metric.dataset_meta = {}
+    metric.process({}, routing_results(with_model_map=False))
+    with pytest.raises(ValueError, match=message):
+        metric.evaluate(2)
+
+
+def test_routing_metric_map_that_contradicts_the_model():
+    metric = METRICS.build(dict(type='RoutingMetric',
+                                dataset_to_expert=dict(a=1, b=0)))
+    with pytest.raises(ValueError, match=r"maps dataset 'a' to expert 1, but "
+                       r'the model maps it to 0'):
+        metric.process({}, routing_results(with_model_map=True))
 
 
 @pytest.mark.parametrize('protocol', ['unified', 'dataset'])

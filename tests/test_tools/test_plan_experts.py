@@ -6,13 +6,15 @@ import sys
 
 import numpy as np
 import pytest
+from mmdet.registry import MODELS
 from mmengine.config import Config
+from mmengine.registry import init_default_scope
 
 from damex_mmdet.analysis.expert_planner import (
     ExpertPlanError, dataset_token_features, dissimilarity_from_features,
-    dissimilarity_from_routing, plan_experts, sampling_shares)
+    dissimilarity_from_routing, plan_experts, planned_config_text, sampling_shares)
 
-from ..conftest import REPO_ROOT
+from ..conftest import REPO_ROOT, TINY_CONFIG
 
 
 def clustered_problem(seed, num_clusters=3, per_cluster=3, dims=8):
@@ -125,6 +127,20 @@ def test_fewer_datasets_than_experts_keeps_one_each_in_order():
     assert tempered['scan'] == pytest.approx(40**0.5 / (40**0.5 + 250**0.5))
 
 
+def test_planned_config_keeps_unused_experts_spare(tmp_path):
+    """With more experts than datasets the planned config trains: the unused experts
+    are written as spare, which DAMEX requires of an expert no dataset maps to."""
+    init_default_scope('mmdet')
+    shares = sampling_shares(dict(photo=250, sketch=250))
+    plan = plan_experts(shares, np.ones((2, 2)) - np.eye(2), num_experts=4)
+    out = tmp_path / 'planned.py'
+    out.write_text(planned_config_text(str(TINY_CONFIG), plan, 4))
+    model = MODELS.build(Config.fromfile(str(out)).model)
+    assert model.dataset_to_expert == dict(photo=0, sketch=1)
+    assert model.spare_experts == (2, 3)
+    model.check_training_map(['photo', 'sketch'])
+
+
 def test_infeasible_and_malformed_problems_fail_clearly():
     dis = np.ones((3, 3)) - np.eye(3)
     with pytest.raises(ExpertPlanError, match='capacity'):
@@ -167,5 +183,7 @@ def test_features_of_a_checkpoint_and_the_written_config(tiny_checkpoint, tmp_pa
     assert planned.model.num_experts == 3
     assert planned.model.dataset_to_expert == {n: e[0] for n, e in expert_map.items()}
     [routing] = [e for e in planned.val_evaluator if e.type == 'RoutingMetric']
-    assert routing.dataset_to_expert == planned.model.dataset_to_expert
+    # The metric scores against the model's map: no second copy to go stale.
+    assert 'dataset_to_expert' not in routing
     assert len(set(planned.model.dataset_to_expert.values())) == 3
+    assert planned.model.spare_experts == []

@@ -11,16 +11,19 @@ class MixtureCheckHook(Hook):
     """Check the model against the mixture before any step runs.
 
     A head with the wrong ``num_classes`` would train on out-of-range labels
-    or waste logits, and a dataset without an expert would fail mid-epoch;
-    both are caught here with the value to set. DAMEX and
-    DatasetAwareDINOHead check every batch against its mixture anyway
-    (:func:`~damex_mmdet.datasets.mixture.check_num_classes`); this hook
-    checks before anything is built on the data, including the one case
-    they cannot: a dense DINO's denoising queries embed out-of-range labels
-    before its head sees the batch. It also checks that every
-    dataset of the validation mixture has the unified labels it has in
-    training (the val mixture may leave datasets out, as UODB tests VOC12's
-    block on VOC07 only), since predictions are in the training space.
+    or waste logits, a dataset without an expert would fail mid-epoch, and
+    an expert map with keys that are no training dataset (often merged from
+    a ``_base_`` config) or experts that no dataset maps to would train
+    wrongly (:meth:`DAMEX.check_training_map`); all are caught here with the
+    fix. DAMEX and DatasetAwareDINOHead check every batch against its
+    mixture anyway (:func:`~damex_mmdet.datasets.mixture.check_num_classes`,
+    :meth:`DAMEX.loss`); this hook checks before the first batch is loaded,
+    including the one case they cannot: a dense DINO's denoising queries
+    embed out-of-range labels before its head sees the batch. It also checks
+    that every dataset of the validation mixture has the unified labels it
+    has in training (the val mixture may leave datasets out, as UODB tests
+    VOC12's block on VOC07 only), since predictions are in the training
+    space.
     """
 
     priority = 'VERY_HIGH'
@@ -28,6 +31,9 @@ class MixtureCheckHook(Hook):
     def before_train(self, runner) -> None:
         train_space = self._check(runner, runner.train_dataloader.dataset,
                                   'train_dataloader')
+        model = self._model(runner)
+        if train_space is not None and hasattr(model, 'check_training_map'):
+            model.check_training_map(train_space.dataset_names)
         if runner.val_loop is not None and train_space is not None:
             val_space = self._label_space(runner.val_loop.dataloader.dataset)
             if val_space is not None:
@@ -73,12 +79,16 @@ class MixtureCheckHook(Hook):
             return None
         return UnifiedLabelSpace.from_dict(meta['label_space'])
 
+    @staticmethod
+    def _model(runner):
+        return (runner.model.module if is_model_wrapper(runner.model)
+                else runner.model)
+
     def _check(self, runner, dataset, where: str):
         space = self._label_space(dataset)
         if space is None:
             return None
-        model = runner.model.module if is_model_wrapper(
-            runner.model) else runner.model
+        model = self._model(runner)
         head = getattr(model, 'bbox_head', None)
         if head is not None:
             space.check_num_classes(head.num_classes)

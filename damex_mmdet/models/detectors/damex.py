@@ -17,6 +17,15 @@ from ..layers import (MoEDeformableDetrTransformerEncoder, MoEDinoTransformerDec
 from ..losses import DAMEXLoss, LoadBalancingLoss, LoadImportanceLoss
 
 ROUTING_LOSS_QUERIES = ('all', 'matched')
+# mmengine merges a derived config's dict into its base's: the usual way a
+# map gets keys its author never wrote.
+_MERGED_MAP_HINT = (
+    'If the config inherits another (_base_), mmengine merged its '
+    'model.dataset_to_expert into the base\'s: write '
+    'dataset_to_expert=dict(_delete_=True, ...) to replace the base\'s map.')
+# The metainfo key under which predict gives each image the expert its
+# dataset maps to, so RoutingMetric reads the model's own map.
+DATASET_EXPERT_KEY = 'dataset_expert'
 
 
 @MODELS.register_module()
@@ -45,7 +54,12 @@ class DAMEX(DINO):
             or :class:`LoadImportanceLoss` (the reference's vanilla MoE).
         dataset_to_expert (dict, optional): Dataset name to expert index;
             several datasets may share an expert. Required by DAMEXLoss and
-            by ``test_routing='dataset'``.
+            by ``test_routing='dataset'``. Training stops before the first
+            step unless its keys are exactly the training mixture's datasets
+            and every expert outside ``spare_experts`` gets a dataset.
+        spare_experts (Sequence[int]): Experts that no dataset maps to on
+            purpose, e.g. kept for datasets the model will grow with. Every
+            other expert must get a dataset.
         exclude_denoising_from_routing_loss (bool): Leave DINO's denoising
             queries out of the routing loss. Defaults to False: they belong to
             the image like every other query.
@@ -74,6 +88,7 @@ class DAMEX(DINO):
                  routing_loss: OptConfigType = dict(
                      type='DAMEXLoss', loss_weight=0.1),
                  dataset_to_expert: Optional[Mapping[str, int]] = None,
+                 spare_experts: Sequence[int] = (),
                  exclude_denoising_from_routing_loss: bool = False,
                  routing_loss_queries: str = 'all',
                  test_routing: str = 'gate',
@@ -97,6 +112,8 @@ class DAMEX(DINO):
         self.moe_cfg = dict(moe_cfg or {}, num_experts=num_experts)
         self.dataset_to_expert = self.checked_expert_map(
             dataset_to_expert, num_experts)
+        self.spare_experts = self.checked_spare_experts(
+            spare_experts, self.dataset_to_expert, num_experts)
         self.exclude_denoising_from_routing_loss = (
             exclude_denoising_from_routing_loss)
         self.routing_loss_queries = routing_loss_queries
@@ -138,8 +155,46 @@ class DAMEX(DINO):
                     f'model.dataset_to_expert maps dataset {name!r} to expert '
                     f'{expert!r}, out of range for num_experts={num_experts} '
                     f'(valid experts 0..{num_experts - 1}): raise '
-                    f'model.num_experts or fix the map.')
+                    f'model.num_experts or fix the map. {_MERGED_MAP_HINT}')
         return expert_map
+
+    @staticmethod
+    def checked_spare_experts(spare_experts: Sequence[int],
+                              dataset_to_expert: Mapping[str, int],
+                              num_experts: int) -> Tuple[int, ...]:
+        """Return ``spare_experts`` as a sorted tuple after checking each is
+        an expert index that no dataset maps to.
+
+        Raises:
+            ValueError: Spare experts without a map (every expert of a
+                vanilla MoE is the gate's), an index that is not an int in
+                range, or an expert that a dataset maps to.
+        """
+        spare = list(spare_experts or ())
+        if not spare:
+            return ()
+        if not dataset_to_expert:
+            raise ValueError(
+                f'model.spare_experts={spare}, but model.dataset_to_expert is '
+                f'empty: without a map the gate routes to every expert; drop '
+                f'spare_experts.')
+        for expert in spare:
+            if (isinstance(expert, bool) or not isinstance(expert, int)
+                    or not 0 <= expert < num_experts):
+                raise ValueError(
+                    f'model.spare_experts holds {expert!r}, not an expert '
+                    f'index in 0..{num_experts - 1} (num_experts='
+                    f'{num_experts}).')
+        mapped = {e: n for n, e in dataset_to_expert.items() if e in spare}
+        if mapped:
+            expert, name = next(iter(sorted(mapped.items())))
+            raise ValueError(
+                f'model.spare_experts lists expert {expert}, but '
+                f'model.dataset_to_expert maps {name!r} to it: a spare expert '
+                f'has no dataset. Drop it from spare_experts (a config that '
+                f'grew a model onto its spare expert writes '
+                f'spare_experts=[] or the experts still spare).')
+        return tuple(sorted(set(spare)))
 
     def _init_layers(self) -> None:
         # DINO builds dense encoder/decoder from these configs; build them
@@ -176,6 +231,37 @@ class DAMEX(DINO):
         check_num_classes(batch_data_samples, self.bbox_head.num_classes)
         for sample in batch_data_samples:
             self.check_datasets(sample.metainfo.get(MIXTURE_DATASETS_KEY, ()))
+
+    def check_training_map(self, dataset_names: Sequence[str]) -> None:
+        """Raise unless ``dataset_to_expert`` fits the training mixture of
+        ``dataset_names`` exactly: every dataset has an expert, every key is
+        a dataset, and every expert but the spare ones gets a dataset.
+
+        A map with extra keys or idle experts trains without error but
+        wrongly (an idle expert's gate row and weights learn nothing), most
+        often because a derived config's map was merged into its base's.
+        """
+        if not self.dataset_to_expert:
+            return
+        self.check_datasets(dataset_names)
+        foreign = [n for n in self.dataset_to_expert if n not in dataset_names]
+        if foreign:
+            raise ValueError(
+                f'model.dataset_to_expert maps datasets {foreign}, which are '
+                f'not in the training mixture (its datasets: '
+                f'{list(dataset_names)}). {_MERGED_MAP_HINT} Otherwise drop '
+                f'these keys.')
+        idle = sorted(set(range(self.num_experts))
+                      - set(self.dataset_to_expert.values())
+                      - set(self.spare_experts))
+        if idle:
+            raise ValueError(
+                f'experts {idle} of model.num_experts={self.num_experts} get '
+                f'no dataset from model.dataset_to_expert '
+                f'({self.dataset_to_expert}): they would train on no tokens. '
+                f'Map a dataset to each, lower num_experts, or keep them on '
+                f'purpose (e.g. for growing the model later) with '
+                f'model.spare_experts={idle}.')
 
     def check_datasets(self, dataset_names: Sequence[str]) -> None:
         """Raise if a dataset of the data has no expert in the map."""
@@ -317,6 +403,12 @@ class DAMEX(DINO):
     def loss(self, batch_inputs: Tensor,
              batch_data_samples: SampleList) -> Dict[str, Tensor]:
         self.check_mixture(batch_data_samples)
+        # Also here, not only in MixtureCheckHook: a user's config may not
+        # list the hook, and this runs before the first optimizer step.
+        mixtures = {s.metainfo.get(MIXTURE_DATASETS_KEY)
+                    for s in batch_data_samples}
+        for names in mixtures - {None}:
+            self.check_training_map(names)
         experts = (self.experts_of(batch_data_samples, batch_inputs.device)
                    if self.dataset_to_expert else None)
         losses = super().loss(batch_inputs, batch_data_samples)
@@ -363,8 +455,9 @@ class DAMEX(DINO):
 
         Each returned sample gets ``routing_counts`` (Tensor, shape
         (num_moe_layers, num_experts)): the counted tokens of that image
-        whose first choice was each expert, and metainfo ``moe_layers``
-        naming the rows.
+        whose first choice was each expert, metainfo ``moe_layers`` naming
+        the rows and, when ``dataset_to_expert`` maps the image's dataset,
+        metainfo ``dataset_expert``: that expert (RoutingMetric's target).
         """
         self.check_mixture(batch_data_samples)
         with self._test_routing(batch_data_samples, batch_inputs.device):
@@ -374,6 +467,10 @@ class DAMEX(DINO):
         for sample, image_counts in zip(batch_data_samples, counts):
             sample.routing_counts = image_counts
             sample.set_metainfo(dict(moe_layers=names))
+            expert = self.dataset_to_expert.get(
+                sample.metainfo.get(DATASET_NAME_KEY))
+            if expert is not None:
+                sample.set_metainfo({DATASET_EXPERT_KEY: expert})
         return batch_data_samples
 
     def routing_counts(self, batch_data_samples: SampleList
