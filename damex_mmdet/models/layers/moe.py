@@ -494,7 +494,7 @@ class MoEFFN(nn.Module):
         """
         lead_shape = x.shape[:-1]
         tokens = x.reshape(-1, self.embed_dims)  # (T, D)
-        real = self._real_tokens(lead_shape)  # (T,) bool or None
+        real = self._real_tokens(lead_shape, x.device)  # (T,) bool or None
         logits = self._gate_logits(tokens)  # (T, E)
         expert_idx, weights, priority = self._route(logits, lead_shape)  # (T, k'), (T, k'), (T,)
         num_samples = lead_shape[0] if len(lead_shape) > 1 else 1
@@ -512,7 +512,8 @@ class MoEFFN(nn.Module):
             return out
         return (x if identity is None else identity) + out
 
-    def _real_tokens(self, lead_shape: torch.Size) -> Optional[Tensor]:
+    def _real_tokens(self, lead_shape: torch.Size,
+                     device: torch.device) -> Optional[Tensor]:
         """(T,) bool, False at the padding tokens; None where no padding mask is set."""
         if self.padding_mask is None:
             return None
@@ -520,7 +521,7 @@ class MoEFFN(nn.Module):
             raise ValueError(f'the padding mask has shape {tuple(self.padding_mask.shape)}, '
                              f'expected {tuple(lead_shape)}: one entry per token of x '
                              f'(*{tuple(lead_shape)}, D)')
-        return ~self.padding_mask.reshape(-1)
+        return ~self.padding_mask.reshape(-1).to(device)
 
     def _gate_logits(self, tokens: Tensor) -> Tensor:
         """(T, D) -> (T, E) logits in fp32 (or wider), with autocast off: under fp16/bf16
