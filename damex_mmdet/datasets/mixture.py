@@ -12,6 +12,7 @@ from mmengine.logging import print_log
 from torch.utils.data import Dataset
 
 from .annotation_checks import check_coco_annotations
+from .image_checks import check_image_files
 from .label_space import UnifiedLabelSpace
 
 # Keys the mixture writes into every sample's metainfo, after the pipeline,
@@ -143,7 +144,12 @@ class DatasetMixture(Dataset):
         return names
 
     def full_init(self) -> None:
-        """Build every dataset, the label space and the index."""
+        """Build every dataset, the label space and the index.
+
+        Every image of every dataset must exist
+        (:func:`~damex_mmdet.datasets.image_checks.check_image_files`), so
+        that a wrong ``img_prefix`` or a lost file stops here, not mid-epoch.
+        """
         if self._fully_initialized:
             return
         for name, entry in zip(self.names, self._entries):
@@ -156,6 +162,7 @@ class DatasetMixture(Dataset):
                     f'file or drop the dataset from the mixture.')
             self.datasets.append(dataset)
             self._pipelines.append(pipeline)
+        check_image_files(dict(zip(self.names, self.datasets)))
         self.label_space = UnifiedLabelSpace(
             {name: d.metainfo['classes']
              for name, d in zip(self.names, self.datasets)},
