@@ -2,8 +2,8 @@
 
 Not imported by ``damex_mmdet`` itself: training needs none of it.
 """
-from .expert_planner import (ExpertPlan, ExpertPlanError, plan_experts,
-                             planned_config_text)
+from .expert_planner import (ExpertPlan, ExpertPlanError, format_expert_plans,
+                             plan_config_experts, plan_experts, planned_config_text)
 from .label_confusion import (LabelConfusionError, format_label_confusion,
                               label_block_confusion)
 from .routing_analysis import (RoutingAnalysisError, analyze_routing,
@@ -11,6 +11,7 @@ from .routing_analysis import (RoutingAnalysisError, analyze_routing,
 
 __all__ = [
     'ExpertPlan', 'ExpertPlanError', 'LabelConfusionError', 'RoutingAnalysisError',
-    'analyze_routing', 'format_label_confusion', 'format_routing_table',
-    'label_block_confusion', 'plan_experts', 'planned_config_text'
+    'analyze_routing', 'format_expert_plans', 'format_label_confusion',
+    'format_routing_table', 'label_block_confusion', 'plan_config_experts', 'plan_experts',
+    'planned_config_text'
 ]

@@ -41,8 +41,11 @@ dataset and :func:`dissimilarity_from_features` compares the means; or
 (``routing.json`` of :func:`~damex_mmdet.analysis.analyze_routing`).
 """
 import copy
+import json
 import math
+import os.path as osp
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -510,3 +513,109 @@ def planned_config_text(base_config: str, plan: ExpertPlan, num_experts: int,
         'test_evaluator = val_evaluator',
     ]
     return '\n'.join(lines) + '\n'
+
+
+def plan_config_experts(config: str,
+                        out: str,
+                        features_checkpoint: Optional[str] = None,
+                        routing_json: Optional[str] = None,
+                        features_config: Optional[str] = None,
+                        split: str = 'val',
+                        max_images: Optional[int] = None,
+                        device: Optional[str] = None,
+                        num_experts: Optional[int] = None,
+                        capacity_factor: float = DEFAULT_CAPACITY_FACTOR,
+                        sizes: Optional[Mapping[str, int]] = None) -> dict:
+    """Plan ``config``'s dataset -> expert map and write the planned config.
+
+    What ``tools/plan_experts.py`` runs: the sampling shares of ``config``'s training
+    mixture, a dissimilarity between its datasets from one source, the one-expert and the
+    split plan, then ``out`` (a config inheriting ``config`` with the one-expert map,
+    :func:`planned_config_text`) and ``out``'s ``.json`` with the summary.
+
+    Args:
+        config: The DAMEX config to plan the map of.
+        out: The planned config to write.
+        features_checkpoint: Weights whose FFN input tokens give the dissimilarity
+            (:func:`dataset_token_features`), of ``features_config`` (default: ``config``).
+        routing_json: Or the ``routing.json`` of a vanilla MoE
+            (:func:`dissimilarity_from_routing`); exactly one of the two.
+        split, max_images, device: Images of the features, as in
+            :func:`dataset_token_features`.
+        num_experts: Default: ``config``'s ``model.num_experts``.
+        capacity_factor: An expert takes at most ``capacity_factor / num_experts`` of the
+            training tokens.
+        sizes: Training images per dataset, instead of reading ``config``'s annotations.
+
+    Returns:
+        dict: The summary written to the ``.json``: config, num_experts, capacity_factor,
+        sizes, shares, datasets, dissimilarity, and both plans (``vars`` of
+        :class:`ExpertPlan`); :func:`format_expert_plans` prints it.
+
+    Raises:
+        ExpertPlanError: No or two similarity sources, no number of experts, a source
+            without data of a training dataset, or a problem without a valid map.
+    """
+    if (features_checkpoint is None) == (routing_json is None):
+        raise ExpertPlanError('give one similarity source: features_checkpoint '
+                              '(--features-checkpoint) or routing_json (--routing-json).')
+    cfg = Config.fromfile(config)
+    num_experts = num_experts or cfg.model.get('num_experts')
+    if not num_experts:
+        raise ExpertPlanError(f'{config} sets no model.num_experts: pass --num-experts.')
+    sizes = ({name: int(n) for name, n in sizes.items()} if sizes else mixture_sizes(cfg))
+    shares = sampling_shares(sizes, cfg.train_dataloader.get('sampler'))
+    if routing_json is not None:
+        report = json.loads(Path(routing_json).read_text())
+        source_names = list(report.get('datasets', []))
+        dissimilarity = dissimilarity_from_routing(report)
+    else:
+        stats = dataset_token_features(
+            features_config or config, features_checkpoint,
+            layers=cfg.model.get('moe_layers'), split=split, max_images=max_images,
+            device=device)
+        source_names = list(stats)
+        dissimilarity = dissimilarity_from_features(stats)
+    missing = [n for n in shares if n not in source_names]
+    if missing:
+        raise ExpertPlanError(
+            f'the similarity source has no data for datasets {missing} of {config} (it has '
+            f'{source_names}): use a run whose {split} mixture holds every training '
+            'dataset.')
+    order = [source_names.index(n) for n in shares]
+    dissimilarity = dissimilarity[np.ix_(order, order)]
+    plan = plan_experts(shares, dissimilarity, num_experts, capacity_factor)
+    split_plan = plan_experts(shares, dissimilarity, num_experts, capacity_factor,
+                              allow_split=True)
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base = osp.relpath(osp.abspath(config), osp.abspath(out.parent))
+    out.write_text(planned_config_text(base, plan, num_experts, cfg.get('val_evaluator')))
+    summary = dict(
+        config=config, num_experts=num_experts, capacity_factor=capacity_factor,
+        sizes=sizes, shares=shares, datasets=list(shares),
+        dissimilarity=dissimilarity.round(6).tolist(), plan=vars(plan),
+        split_plan=vars(split_plan))
+    out.with_suffix('.json').write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def format_expert_plans(summary: Mapping) -> str:
+    """The plans of :func:`plan_config_experts`: per dataset its share, expert and split
+    experts, then each plan's cost against the LP bound and its expert loads."""
+    plan, split_plan = summary['plan'], summary['split_plan']
+    lines = [f'{"dataset":<14}{"share":>8}{"expert":>8}   split plan']
+    for name, share in summary['shares'].items():
+        lines.append(f'{name:<14}{share:>8.3f}{plan["dataset_to_experts"][name][0]:>8}'
+                     f'   {split_plan["dataset_to_experts"][name]}')
+    for label, p in (('one-expert', plan), ('split', split_plan)):
+        lines.append(f'{label} plan: cost {p["cost"]:.4f} (LP bound '
+                     f'{p["lower_bound"]:.4f}), expert loads '
+                     + ' '.join(f'{load:.3f}' for load in p['expert_loads']))
+    if plan['oversized']:
+        lines.append(
+            f'over the capacity {plan["capacity"]:.3f} of one expert (experts they '
+            f'would need): {plan["oversized"]}; model.dataset_to_expert takes one '
+            'expert per dataset, so the config gives each of them one.')
+    return '\n'.join(lines)

@@ -1,4 +1,5 @@
-"""The dataset -> expert planner, on problems whose right answer is known, and its CLI."""
+"""The dataset -> expert planner, on problems whose right answer is known, planning a
+config from Python (plan_config_experts) and its CLI."""
 import itertools
 import json
 import subprocess
@@ -11,10 +12,11 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 from damex_mmdet.analysis.expert_planner import (
-    ExpertPlanError, dataset_token_features, dissimilarity_from_features,
-    dissimilarity_from_routing, plan_experts, planned_config_text, sampling_shares)
+    DEFAULT_CAPACITY_FACTOR, ExpertPlanError, dataset_token_features,
+    dissimilarity_from_features, dissimilarity_from_routing, format_expert_plans,
+    plan_config_experts, plan_experts, planned_config_text, sampling_shares)
 
-from ..conftest import REPO_ROOT, TINY_CONFIG
+from ..conftest import REPO_ROOT, TINY_CONFIG, load_script
 
 
 def clustered_problem(seed, num_clusters=3, per_cluster=3, dims=8):
@@ -187,3 +189,42 @@ def test_features_of_a_checkpoint_and_the_written_config(tiny_checkpoint, tmp_pa
     assert 'dataset_to_expert' not in routing
     assert len(set(planned.model.dataset_to_expert.values())) == 3
     assert planned.model.spare_experts == []
+
+
+def routing_report(shares_by_dataset):
+    return dict(datasets=list(shares_by_dataset), protocols=dict(gate=dict(layers=dict(
+        l0=dict(shares=shares_by_dataset)))))
+
+
+def test_plan_config_experts_from_a_routing_report(tmp_path):
+    """The tool's work from Python: a vanilla MoE that sends photo and sketch to one
+    expert and aerial and scan to another plans them onto shared experts."""
+    routing = tmp_path / 'routing.json'
+    routing.write_text(json.dumps(routing_report(dict(
+        photo=[0.9, 0.1], sketch=[0.85, 0.15], aerial=[0.1, 0.9], scan=[0.2, 0.8]))))
+    out = tmp_path / 'planned' / 'damex_planned.py'
+    summary = plan_config_experts(str(TINY_CONFIG), str(out), routing_json=str(routing),
+                                  num_experts=2, capacity_factor=1.5,
+                                  sizes=dict(photo=10, sketch=10, aerial=10, scan=10))
+    planned = Config.fromfile(str(out))
+    expert_map = planned.model.dataset_to_expert
+    assert expert_map['photo'] == expert_map['sketch'] != expert_map['aerial'] == expert_map[
+        'scan']
+    assert json.loads(out.with_suffix('.json').read_text()) == json.loads(
+        json.dumps(summary))
+    printed = format_expert_plans(summary)
+    assert printed.splitlines()[1].startswith('photo') and 'one-expert plan: cost' in printed
+
+    routing.write_text(json.dumps(routing_report(dict(photo=[1.0, 0.0], sketch=[0.0, 1.0]))))
+    with pytest.raises(ExpertPlanError, match=r"no data for datasets \['aerial', 'scan'\]"):
+        plan_config_experts(str(TINY_CONFIG), str(out), routing_json=str(routing),
+                            sizes=dict(photo=10, sketch=10, aerial=10, scan=10))
+    with pytest.raises(ExpertPlanError, match='one similarity source'):
+        plan_config_experts(str(TINY_CONFIG), str(out))
+
+
+def test_cli_default_capacity_is_the_planners():
+    """The CLI writes its default out (it parses before importing the package)."""
+    tool = load_script('tools/plan_experts.py')
+    args = tool.parse_args(['config.py', '--out', 'out.py', '--routing-json', 'r.json'])
+    assert args.capacity_factor == DEFAULT_CAPACITY_FACTOR
