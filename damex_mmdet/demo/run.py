@@ -45,12 +45,13 @@ def demo_config(config: str, work_dir: str, data_root: str, seed: int,
     return cfg
 
 
-def train_unless_trained(cfg: Config, retrain: bool) -> Tuple[str, Optional[float]]:
+def train_unless_trained(cfg: Config,
+                         retrain: bool) -> Tuple[str, Optional[float]]:
     """Train unless the final checkpoint exists; return it and the time."""
     checkpoint = osp.join(cfg.work_dir, f'iter_{cfg.train_cfg.max_iters}.pth')
     if osp.isfile(checkpoint) and not retrain:
-        print(f'Reusing {checkpoint} (pass --retrain, or retrain=True, to train '
-              'again).')
+        print(f'Reusing {checkpoint} (pass --retrain, or retrain=True, to '
+              'train again).')
         return checkpoint, None
     start = time.time()
     Runner.from_cfg(without_validation(cfg)).train()
