@@ -58,7 +58,10 @@ train_dataloader = dict(
     dataset=dict(datasets=train_sets))
 val_dataloader = dict(dataset=dict(datasets=val_sets))
 test_dataloader = val_dataloader
-# A fine-tuning schedule: a fraction of the original one at a lower rate.
+# A fine-tuning schedule: a fraction of the original one at a lower rate, in
+# epochs like damex_custom_mixture.py's. For a base trained by iterations
+# (IterBasedTrainLoop) use grow_custom_mixture_demo_size.py's max_iters and
+# by_epoch=False schedulers: max_epochs would stop mmengine there.
 train_cfg = dict(max_epochs=4)
 param_scheduler = [
     dict(type='MultiStepLR', begin=0, end=4, by_epoch=True, milestones=[3],
