@@ -57,7 +57,9 @@ def missing_images(name: str, dataset: Dataset) -> Optional[MissingImages]:
 
 
 def _describe(found: MissingImages, dataset: Dataset) -> str:
-    count = f'{len(found.paths)} of {found.num_images} images are missing'
+    verb = 'is' if len(found.paths) == 1 else 'are'
+    count = (f'{len(found.paths)} of {found.num_images} images {verb} '
+             f'missing')
     if len(found.paths) > MOSTLY_MISSING * found.num_images:
         folder = osp.dirname(found.paths[0])
         folder_state = ('exists' if osp.isdir(folder)

@@ -55,7 +55,7 @@ def test_one_missing_image_is_named_with_the_count(tiny_mixture, tmp_path):
     lost = sorted((tmp_path / 'sketch' / 'images' / 'train').iterdir())[3]
     lost.unlink()
     with pytest.raises(FileNotFoundError, match=re.escape(
-            f"dataset 'sketch': 1 of 8 images are missing: {lost}. Restore "
+            f"dataset 'sketch': 1 of 8 images is missing: {lost}. Restore "
             f'them, or remove these images and their boxes from '
             f'{tmp_path}/sketch/annotations/train.json.')) as error:
         build([entry(tiny_mixture, 'photo'), entry(tmp_path, 'sketch')])
