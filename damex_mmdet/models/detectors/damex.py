@@ -58,8 +58,10 @@ class DAMEX(DINO):
             step unless its keys are exactly the training mixture's datasets
             and every expert outside ``spare_experts`` gets a dataset.
         spare_experts (Sequence[int]): Experts that no dataset maps to on
-            purpose, e.g. kept for datasets the model will grow with. Every
-            other expert must get a dataset.
+            purpose, e.g. a subset of a mixture trained at the full mixture's
+            model size (benchmarks/mixture_study.py). Every other expert must
+            get a dataset. Growing a model adds experts instead
+            (tools/grow_checkpoint.py), so it needs none.
         exclude_denoising_from_routing_loss (bool): Leave DINO's denoising
             queries out of the routing loss. Defaults to False: they belong to
             the image like every other query.
@@ -191,9 +193,9 @@ class DAMEX(DINO):
             raise ValueError(
                 f'model.spare_experts lists expert {expert}, but '
                 f'model.dataset_to_expert maps {name!r} to it: a spare expert '
-                f'has no dataset. Drop it from spare_experts (a config that '
-                f'grew a model onto its spare expert writes '
-                f'spare_experts=[] or the experts still spare).')
+                f'has no dataset. Drop it from spare_experts (a config '
+                f'inheriting spare_experts from its base writes the experts '
+                f'still spare, or spare_experts=[]).')
         return tuple(sorted(set(spare)))
 
     def _init_layers(self) -> None:
@@ -259,9 +261,8 @@ class DAMEX(DINO):
                 f'experts {idle} of model.num_experts={self.num_experts} get '
                 f'no dataset from model.dataset_to_expert '
                 f'({self.dataset_to_expert}): they would train on no tokens. '
-                f'Map a dataset to each, lower num_experts, or keep them on '
-                f'purpose (e.g. for growing the model later) with '
-                f'model.spare_experts={idle}.')
+                f'Map a dataset to each, lower num_experts, or keep them '
+                f'unused on purpose with model.spare_experts={idle}.')
 
     def check_datasets(self, dataset_names: Sequence[str]) -> None:
         """Raise if a dataset of the data has no expert in the map."""
