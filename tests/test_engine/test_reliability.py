@@ -80,5 +80,9 @@ def test_val_dataset_unseen_in_training_is_refused(tiny_cfg):
     train = tiny_cfg.train_dataloader.dataset.datasets
     tiny_cfg.train_dataloader.dataset.datasets = train[:3]
     tiny_cfg.model.bbox_head.num_classes = 10
+    # The map fits training (scan's expert spare): only the val mixture is
+    # wrong.
+    tiny_cfg.model.dataset_to_expert = dict(photo=0, sketch=1, aerial=2)
+    tiny_cfg.model.spare_experts = [3]
     with pytest.raises(ValueError, match="'scan', which the model"):
         Runner.from_cfg(tiny_cfg).train()
