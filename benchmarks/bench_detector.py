@@ -86,8 +86,8 @@ def make_batch(size: str, device: str, seed: int = 0):
         sample = DetDataSample(metainfo=dict(
             img_shape=(height, width), ori_shape=(height, width),
             pad_shape=(height, width), batch_input_shape=(height, width),
-            scale_factor=(1., 1.), dataset='coco' if size == 'uodb' else
-            'photo'))
+            scale_factor=(1., 1.), img_path=f'bench_{i:02d}.png',
+            dataset='coco' if size == 'uodb' else 'photo'))
         boxes = torch.rand(5, 2, generator=generator) * torch.tensor(
             [width / 2, height / 2])
         sample.gt_instances = InstanceData(

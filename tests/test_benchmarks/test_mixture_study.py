@@ -23,6 +23,7 @@ def run_study(tmp_path, *extra_args):
          '--settings', 'labels', '--models', 'upcycled',
          '--samplers', 'temp2', '--seeds', '0',
          '--max-iters', '2', '--num-train', '4', '--num-val', '3',
+         '--num-test', '2',
          '--work-dir', str(tmp_path / 'study'),
          '--data-dir', str(tmp_path / 'data'), *extra_args],
         capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
@@ -57,6 +58,12 @@ def test_study_trains_upcycles_reports_and_reuses_finished_runs(tmp_path):
     row = next(line for line in first.stdout.splitlines()
                if line.startswith('| upcycled50 | temp2 |'))
     assert f'{upcycled["mixture/mean/AP"]:.3f}±0.000' in row
+    # Scored once more on the held-out test split, stamped with the code.
+    assert {'mixture/photo/AP', 'mixture/mean/AP', 'routing/mean/acc'} <= set(
+        upcycled['test'])
+    test_log = (runs / 'upcycled50_temp2_seed0' / 'test.log').read_text()
+    assert 'DatasetMixture (test) of 2 datasets (photo: 2, sketch: 2)' in test_log
+    assert upcycled['code'] == study.code_version()
 
     again = run_study(tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -141,6 +148,28 @@ def test_summary_picks_each_models_best_sampler_and_pairs_seeds():
     assert f'0.050±{np.std([0.02, 0.08], ddof=1):.3f}' in row
     # Student's t with 1 degree of freedom: 12.706 x 0.0424 / sqrt(2).
     assert '[-0.331, +0.431]' in row
+
+
+def test_test_split_compares_the_reference_with_every_model_by_seed():
+    def record(seed, val_ap, test_ap, oracle_ap=None):
+        def metrics(ap):
+            return {'mixture/mean/AP': ap, 'mixture/mean/AP50': ap + .2,
+                    'mixture/photo/AP': ap, 'mixture/sketch/AP': ap}
+        entry = dict(metrics(val_ap), seed=seed, test=metrics(test_ap))
+        if oracle_ap is not None:
+            entry['oracle'] = metrics(oracle_ap)
+        return entry
+    results = {'labels': {
+        'damex/temp2': [record(0, .5, .60, .62), record(1, .5, .50, .49)],
+        'dino_wide/proportional': [record(0, .4, .58), record(1, .4, .45)],
+        # Chosen on val (0.45 > 0.40), although it is worse on test.
+        'dino_wide/temp2': [record(0, .45, .10), record(1, .45, .10)],
+    }}
+    lines = study.summarise(results, reference='damex').splitlines()
+    row = next(line for line in lines if line.startswith('| dino_wide ('))
+    assert row.startswith('| dino_wide (temp2) | +0.500 (seed 0) / +0.400 (seed 1) |')
+    oracle = next(line for line in lines if line.startswith('| (oracle'))
+    assert '+0.020 (seed 0) / -0.010 (seed 1)' in oracle
 
 
 def test_paired_interval_narrows_with_seeds():

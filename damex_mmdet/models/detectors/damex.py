@@ -1,10 +1,11 @@
 """DAMEX: a DINO detector whose MoE layers learn dataset-aware routing."""
+import zlib
 from contextlib import ExitStack, contextmanager
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from mmdet.models.detectors import DINO
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.utils import OptConfigType
@@ -12,11 +13,12 @@ from torch import Tensor
 
 from ...datasets.mixture import (DATASET_NAME_KEY, MIXTURE_DATASETS_KEY,
                                  check_num_classes)
-from ..layers import (MoEDeformableDetrTransformerEncoder, MoEDinoTransformerDecoder,
-                      MoEFFN)
+from ..layers import MoEFFN
 from ..losses import DAMEXLoss, LoadBalancingLoss, LoadImportanceLoss
+from .layerwise_dino import LayerwiseDINO
 
 ROUTING_LOSS_QUERIES = ('all', 'matched')
+ROUTING_TARGETS = ('dataset', 'random_per_image')
 # mmengine merges a derived config's dict into its base's: the usual way a
 # map gets keys its author never wrote.
 _MERGED_MAP_HINT = (
@@ -29,7 +31,7 @@ DATASET_EXPERT_KEY = 'dataset_expert'
 
 
 @MODELS.register_module()
-class DAMEX(DINO):
+class DAMEX(LayerwiseDINO):
     """DINO with Mixture-of-Experts FFNs and a routing loss.
 
     With ``routing_loss=dict(type='DAMEXLoss')`` this is DAMEX: the gate of
@@ -79,6 +81,14 @@ class DAMEX(DINO):
             ``moe_cfg.top_k=2``, weighted as the gate would weight it, so it
             differs from top-2 gate routing even where the gate's first
             choice is the dataset's expert.
+        routing_targets (str): What DAMEXLoss trains each image's tokens
+            towards: ``'dataset'`` (default, DAMEX: the expert of the image's
+            dataset) or ``'random_per_image'``, the control that ignores the
+            dataset: an expert drawn uniformly for each image from a hash of
+            its file path, the same every time the image is seen.
+            (A permuted one-to-one map would be DAMEX again up to expert names.)
+        ffn_channels (dict, optional): Per-layer FFN widths, see
+            :class:`LayerwiseDINO`.
     """
 
     def __init__(self,
@@ -94,7 +104,12 @@ class DAMEX(DINO):
                  exclude_denoising_from_routing_loss: bool = False,
                  routing_loss_queries: str = 'all',
                  test_routing: str = 'gate',
+                 routing_targets: str = 'dataset',
                  **kwargs) -> None:
+        if routing_targets not in ROUTING_TARGETS:
+            raise ValueError(
+                f'model.routing_targets must be one of {ROUTING_TARGETS}, '
+                f'got {routing_targets!r}.')
         if routing_loss_queries not in ROUTING_LOSS_QUERIES:
             raise ValueError(
                 f'model.routing_loss_queries must be one of '
@@ -120,6 +135,7 @@ class DAMEX(DINO):
             exclude_denoising_from_routing_loss)
         self.routing_loss_queries = routing_loss_queries
         self.test_routing = test_routing
+        self.routing_targets = routing_targets
         super().__init__(*args, **kwargs)
         self.routing_loss = MODELS.build(routing_loss)
         if (isinstance(self.routing_loss, DAMEXLoss)
@@ -198,19 +214,9 @@ class DAMEX(DINO):
                 f'still spare, or spare_experts=[]).')
         return tuple(sorted(set(spare)))
 
-    def _init_layers(self) -> None:
-        # DINO builds dense encoder/decoder from these configs; build them
-        # again with MoE layers so every other part stays DINO's own.
-        encoder_cfg, decoder_cfg = self.encoder, self.decoder
-        super()._init_layers()
-        self.encoder = MoEDeformableDetrTransformerEncoder(
-            **encoder_cfg,
-            moe_layers=self.moe_layers['encoder'],
-            moe_cfg=self.moe_cfg)
-        self.decoder = MoEDinoTransformerDecoder(
-            **decoder_cfg,
-            moe_layers=self.moe_layers['decoder'],
-            moe_cfg=self.moe_cfg)
+    def transformer_options(self, part: str) -> dict:
+        return dict(super().transformer_options(part),
+                    moe_layers=self.moe_layers[part], moe_cfg=self.moe_cfg)
 
     def init_weights(self) -> None:
         # DINO's init_weights applies xavier to every >1-dim transformer
@@ -294,6 +300,23 @@ class DAMEX(DINO):
             if name not in self.dataset_to_expert:
                 self.check_datasets([name])
             experts.append(self.dataset_to_expert[name])
+        return torch.tensor(experts, dtype=torch.long, device=device)
+
+    def random_experts_of(self, batch_data_samples: SampleList,
+                          device: torch.device) -> Tensor:
+        """An expert for each image that ignores its dataset: uniform over
+        the experts, fixed per image (drawn from a generator seeded with a
+        hash of the image's ``img_path``, so every epoch, process and resumed
+        run gives it the same one).
+
+        Returns:
+            Tensor: Expert indices, shape (batch_size,), long.
+        """
+        experts = []
+        for sample in batch_data_samples:
+            seed = zlib.crc32(sample.metainfo['img_path'].encode())
+            experts.append(int(np.random.default_rng(seed).integers(
+                self.num_experts)))
         return torch.tensor(experts, dtype=torch.long, device=device)
 
     def forward_encoder(self, feat: Tensor, feat_mask: Optional[Tensor],
@@ -412,6 +435,9 @@ class DAMEX(DINO):
             self.check_training_map(names)
         experts = (self.experts_of(batch_data_samples, batch_inputs.device)
                    if self.dataset_to_expert else None)
+        if self.routing_targets == 'random_per_image':
+            experts = self.random_experts_of(batch_data_samples,
+                                             batch_inputs.device)
         losses = super().loss(batch_inputs, batch_data_samples)
         moe_layers = list(self.named_moe_layers())
         logits = [moe.last_gate_logits for _, moe in moe_layers]
