@@ -64,9 +64,13 @@ CONFIGS = dict(dino='configs/demo/dino_demo.py', moe='configs/demo/moe_demo.py',
                dino_wide='configs/demo/dino_wide_demo.py',
                dino_params='configs/demo/dino_params_demo.py',
                moe_shared='configs/demo/moe_shared_demo.py',
-               damex_random='configs/demo/damex_random_demo.py')
+               damex_random='configs/demo/damex_random_demo.py',
+               dino_probe='configs/demo/dino_probe_demo.py',
+               dino_wide_probe='configs/demo/dino_wide_probe_demo.py')
 # Models with a dataset-to-expert map to restrict to a setting's datasets.
 DAMEX_MODELS = ('damex', 'damex_paper', 'damex_random')
+# Models with a dataset probe whose classes are a setting's datasets.
+PROBE_MODELS = ('dino_probe', 'dino_wide_probe')
 # Models whose test split is also scored with oracle routing (each image
 # through its dataset's expert), the ceiling of the learned gate.
 ORACLE_MODELS = ('damex', 'damex_paper')
@@ -176,6 +180,8 @@ def study_config(setting: str, data_root: Path, model: str, seed: int,
     ]
     lines.append('train_dataloader.update(sampler=dict(_delete_=True, '
                  f'**{SAMPLERS[sampler]}))')
+    if model in PROBE_MODELS:
+        lines.append(f'model.update(dataset_probe=dict(datasets={names}))')
     if model in DAMEX_MODELS:
         lines.append(f'model.update(dataset_to_expert=dict(_delete_=True, '
                      f'**{experts}), spare_experts={spare})')

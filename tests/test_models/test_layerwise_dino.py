@@ -25,6 +25,12 @@ def dense_cfg(model_cfg, **overrides):
     return cfg
 
 
+def dense_model(model_cfg, **overrides):
+    model = MODELS.build(dense_cfg(model_cfg, **overrides))
+    model.init_weights()
+    return model
+
+
 def ffn_widths(coder):
     return [layer.ffn.feedforward_channels for layer in coder.layers]
 
@@ -114,3 +120,65 @@ def test_random_targets_train_the_gates_towards_them(model_cfg):
 def test_unknown_routing_targets_fail_at_build(model_cfg):
     with pytest.raises(ValueError, match='model.routing_targets must be one of'):
         build(model_cfg, routing_targets='shuffled')
+
+
+PROBE = dict(datasets=['photo', 'sketch', 'aerial', 'scan'], layers=dict(decoder=[0, 1]),
+             loss_weight=0.1)
+
+
+def test_dataset_probe_trains_on_the_layers_tokens_and_leaves_predictions_alone(model_cfg):
+    torch.manual_seed(0)
+    probed = dense_model(model_cfg, dataset_probe=PROBE)
+    torch.manual_seed(0)
+    plain = dense_model(model_cfg)
+    plain.load_state_dict({k: v for k, v in probed.state_dict().items()
+                           if not k.startswith('dataset_probes.')})
+    inputs, samples = make_batch(['photo', 'scan'])
+    torch.manual_seed(1)
+    losses = probed.loss(inputs, samples)
+    torch.manual_seed(1)
+    plain_losses = plain.loss(inputs, samples)
+    # The probe adds its loss and changes no other: it reads the tokens, never writes them.
+    assert set(losses) - set(plain_losses) == {'loss_probe'}
+    for key, value in plain_losses.items():
+        torch.testing.assert_close(losses[key], value)
+    losses['loss_probe'].backward()
+    assert probed.dataset_probes['decoder_0'].weight.grad.abs().sum() > 0
+    # Its gradient reaches the trunk, as DAMEX's routing loss does through the gate.
+    assert probed.decoder.layers[0].cross_attn.output_proj.weight.grad.abs().sum() > 0
+    probed.eval()
+    plain.eval()
+    with torch.no_grad():
+        for a, b in zip(probed.predict(inputs, samples), plain.predict(inputs, samples)):
+            torch.testing.assert_close(a.pred_instances.bboxes, b.pred_instances.bboxes)
+
+
+def test_dataset_probe_loss_is_the_cross_entropy_of_the_real_tokens(model_cfg):
+    model = dense_model(model_cfg, dataset_probe=PROBE)
+    inputs, samples = make_batch(['sketch', 'aerial'])
+    # Two boxes in the second image: the first image's denoising groups are padded.
+    samples[1].gt_instances = samples[1].gt_instances.cat(
+        [samples[1].gt_instances, samples[1].gt_instances])
+    tokens = {}
+    for index in (0, 1):
+        model.decoder.layers[index].ffn.register_forward_pre_hook(
+            lambda _m, args, index=index: tokens.__setitem__(index, args[0]))
+    loss = model.loss(inputs, samples)['loss_probe']
+    expected = []
+    for index in (0, 1):
+        real = model.real_tokens('decoder', tokens[index].shape[:2], samples,
+                                 torch.device('cpu'))
+        assert not real.all(), 'the batch must hold padding slots'
+        logits = model.dataset_probes[f'decoder_{index}'](tokens[index])
+        targets = torch.tensor([1, 2])[:, None].expand(real.shape)
+        expected.append(torch.nn.functional.cross_entropy(logits[real], targets[real]))
+    torch.testing.assert_close(loss, 0.1 * torch.stack(expected).mean())
+
+
+def test_dataset_probe_refuses_an_unlisted_dataset_and_bad_layers(model_cfg):
+    model = dense_model(model_cfg, dataset_probe=dict(PROBE, datasets=['photo']))
+    inputs, samples = make_batch(['photo', 'scan'])
+    with pytest.raises(KeyError, match="dataset 'scan'.*does not list"):
+        model.loss(inputs, samples)
+    with pytest.raises(ValueError, match='names decoder layer 5'):
+        MODELS.build(dense_cfg(model_cfg, dataset_probe=dict(PROBE, layers=dict(decoder=[5]))))

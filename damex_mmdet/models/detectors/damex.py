@@ -148,7 +148,6 @@ class DAMEX(LayerwiseDINO):
             raise ValueError(
                 'model.moe_layers names no layer: DAMEX needs at least one '
                 'MoE layer (use type="DINO" for the dense baseline).')
-        self._encoder_padding_mask: Optional[Tensor] = None
         self._head_inputs: Optional[Dict] = None
 
     @staticmethod
@@ -319,13 +318,6 @@ class DAMEX(LayerwiseDINO):
                 self.num_experts)))
         return torch.tensor(experts, dtype=torch.long, device=device)
 
-    def forward_encoder(self, feat: Tensor, feat_mask: Optional[Tensor],
-                        **kwargs) -> Dict:
-        # The routing loss and statistics must skip the encoder's padding
-        # tokens, whose mask only this step sees.
-        self._encoder_padding_mask = feat_mask
-        return super().forward_encoder(feat=feat, feat_mask=feat_mask, **kwargs)
-
     def forward_transformer(self, img_feats: Tuple[Tensor],
                             batch_data_samples: SampleList = None) -> Dict:
         # The matched-query mask needs the decoder outputs the head gets.
@@ -350,23 +342,6 @@ class DAMEX(LayerwiseDINO):
             decoder_inputs['query_padding_mask'] = F.pad(
                 ~real, (0, self.num_queries), value=False)
         return decoder_inputs, head_inputs
-
-    @staticmethod
-    def real_denoising_queries(batch_data_samples: SampleList,
-                               num_denoising: int,
-                               device: torch.device) -> Tensor:
-        """Mask of the denoising queries that hold a box, not padding.
-
-        DINO puts the denoising queries first, in groups of ``max_boxes``
-        slots of which image b fills its first n_b.
-
-        Returns:
-            Tensor: Bool, (batch, num_denoising).
-        """
-        boxes = torch.tensor([len(s.gt_instances) for s in batch_data_samples],
-                             device=device)
-        slot = torch.arange(num_denoising, device=device)
-        return slot[None] % boxes.max().clamp(min=1) < boxes[:, None]
 
     @torch.no_grad()
     def _matched_queries(self, batch_data_samples: SampleList) -> Tensor:
@@ -405,23 +380,14 @@ class DAMEX(LayerwiseDINO):
         Returns:
             Tensor: Bool, the MoE input's leading shape (batch, tokens).
         """
-        batch, num_tokens = moe.last_gate_logits.shape[:2]
-        device = moe.last_gate_logits.device
-        counted = torch.ones(batch, num_tokens, dtype=torch.bool,
-                             device=device)
-        if name.startswith('encoder.'):
-            # mmdet passes no mask when every image fills the batch shape.
-            if self._encoder_padding_mask is None:
-                return counted
-            return ~self._encoder_padding_mask.bool()
-        num_denoising = num_tokens - self.num_queries
-        if num_denoising <= 0:
-            return counted
-        if self.exclude_denoising_from_routing_loss:
+        part = name.split('.')[0]
+        counted = self.real_tokens(part, moe.last_gate_logits.shape[:2],
+                                   batch_data_samples,
+                                   moe.last_gate_logits.device)
+        num_denoising = counted.size(1) - self.num_queries
+        if (part == 'decoder' and num_denoising > 0
+                and self.exclude_denoising_from_routing_loss):
             counted[:, :num_denoising] = False
-            return counted
-        counted[:, :num_denoising] = self.real_denoising_queries(
-            batch_data_samples, num_denoising, device)
         return counted
 
     def loss(self, batch_inputs: Tensor,
