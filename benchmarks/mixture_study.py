@@ -637,9 +637,11 @@ def main(argv=None):
     # One per model and sampler, not per seed: each resolves its configs.
     recipes = {(s, key): recipe_digest(s, *key.split('/'), args)
                for s, by_run in results.items() for key in by_run}
-    code = code_version()
     with tqdm(jobs, desc='study runs', unit='run') as progress:
         for setting, model, sampler, seed in progress:
+            # The code each run trains with: the tree may change between
+            # runs of a long study.
+            code = code_version()
             work_dir = run(setting, model, sampler, seed, args, progress)
             key = f'{model}/{sampler}'
             record = dict(
