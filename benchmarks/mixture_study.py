@@ -13,6 +13,18 @@ Settings (the paper's three, at demo scale):
 - domains: the three most different domains only (sketch, aerial, scan);
 - labels: photo and sketch, which share class names but not label blocks.
 
+And the gain as the mixture grows: size2 (photo, aerial), size4 (the four of
+default), size6 (+ thermal, comic) and size8 (+ microscopy, underwater), the
+extra datasets being the generator's EXTRA_DEMO_DATASETS. --max-iters is the
+length of a four-dataset run: a size setting trains max_iters * n / 4
+iterations, so each dataset gets as many as in default, with the LR decay
+milestones moved in proportion (the warm-up keeps its length); MoE models get
+one expert per dataset (at least the configs' four), and the parameter-matched
+dense control as many hidden units as DAMEX's experts then hold. The reference
+model's gain over every other model on the test split, against the number of
+datasets, is printed as a table and drawn with --plot (by default
+<work-dir>/gain_vs_datasets.png when size settings run).
+
 Models: dino (dense), moe (vanilla MoE), damex (the recommended
 configuration: the paper's DAMEX plus a shared expert), damex_paper (the
 paper's DAMEX), and upcycled: dense DINO for
@@ -37,13 +49,16 @@ Usage:
         [--samplers proportional temp2]
         [--max-iters 500] [--dense-fractions 0.5] [--num-val 200]
         [--num-train N]   # smoke runs on smaller mixtures
+        [--plot gain.png]   # the gain against the size settings' datasets
         [--tag NAME --cfg-options KEY=VALUE ...]   # a variant, e.g.
         # --tag weight1 --cfg-options model.routing_loss.loss_weight=1.0
 Results: work_dirs/study/results.json and markdown tables on stdout.
 """
 import argparse
 import fcntl
+import functools
 import hashlib
+import itertools
 import json
 import subprocess
 import sys
@@ -54,7 +69,8 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from damex_mmdet.demo import DEMO_DATASETS, generate_demo_mixture
+from damex_mmdet.demo import (DEMO_DATASETS, EXTRA_DEMO_DATASETS,
+                               generate_demo_mixture)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = dict(dino='configs/demo/dino_demo.py', moe='configs/demo/moe_demo.py',
@@ -78,13 +94,30 @@ ORACLE_MODELS = ('damex', 'damex_paper')
 UPCYCLED = 'upcycled'
 MODELS = [*CONFIGS, UPCYCLED]
 NAMES = [spec.name for spec in DEMO_DATASETS]
-CLASSES = {spec.name: spec.classes for spec in DEMO_DATASETS}
+EXTRA_NAMES = [spec.name for spec in EXTRA_DEMO_DATASETS]
+CLASSES = {spec.name: spec.classes
+           for spec in (*DEMO_DATASETS, *EXTRA_DEMO_DATASETS)}
+# A dataset's expert in every setting: the default four keep theirs of the
+# four-dataset configs, the extra ones take the next.
+EXPERT_OF = {name: index for index, name in enumerate(NAMES + EXTRA_NAMES)}
 SETTINGS = dict(
     default=dict(datasets=NAMES, num_train=None),
     limited=dict(datasets=NAMES, num_train=30),
     domains=dict(datasets=['sketch', 'aerial', 'scan'], num_train=None),
     labels=dict(datasets=['photo', 'sketch'], num_train=None),
+    # The gain as the mixture grows; scale_iters: see setting_iters.
+    size2=dict(datasets=['photo', 'aerial'], num_train=None, scale_iters=True),
+    size4=dict(datasets=NAMES, num_train=None, scale_iters=True),
+    size6=dict(datasets=[*NAMES, *EXTRA_NAMES[:2]], num_train=None,
+               scale_iters=True),
+    size8=dict(datasets=[*NAMES, *EXTRA_NAMES], num_train=None,
+               scale_iters=True),
 )
+SIZE_SETTINGS = [name for name, setting in SETTINGS.items()
+                 if setting.get('scale_iters')]
+# Dense controls whose FFN in DAMEX's MoE layers holds as many hidden units as
+# DAMEX's shared expert and routed experts together; widened with the experts.
+PARAMETER_MATCHED = ('dino_params', )
 # Run-name suffix -> the sampler's config, written into every run's config
 # (the demo configs differ: damex_demo.py samples with temperature 2).
 SAMPLERS = dict(
@@ -127,6 +160,12 @@ def parse_args(argv=None):
     parser.add_argument('--reference', default='damex', choices=list(CONFIGS),
                         help='the model every other model is compared with, '
                         'seed by seed, on the test split')
+    parser.add_argument('--plot', metavar='PATH', default=None,
+                        help='draw the reference\'s test AP gain over every '
+                        'other model against the number of datasets of the '
+                        'size settings stored in the results file, as a PNG '
+                        '(default when size settings run: '
+                        '<work-dir>/gain_vs_datasets<_tag>.png)')
     parser.add_argument('--work-dir', default='work_dirs/study')
     parser.add_argument('--data-dir', default='data/study')
     parser.add_argument('--tag', default='',
@@ -137,11 +176,13 @@ def parse_args(argv=None):
                         'tools/train.py')
     args = parser.parse_args(argv)
     if UPCYCLED in args.models:
-        for fraction in args.dense_fractions:
-            dense_iters = round(fraction * args.max_iters)
-            if not 0 < dense_iters < args.max_iters:
+        for fraction, setting in itertools.product(args.dense_fractions,
+                                                   args.settings):
+            iters = setting_iters(setting, args.max_iters)
+            dense_iters = round(fraction * iters)
+            if not 0 < dense_iters < iters:
                 parser.error(
-                    f'--dense-fractions {fraction} of {args.max_iters} '
+                    f'--dense-fractions {fraction} of {setting}\'s {iters} '
                     'iterations leaves no dense or no DAMEX phase')
         percents = [round(100 * f) for f in args.dense_fractions]
         if len(set(percents)) < len(percents):
@@ -153,19 +194,41 @@ def parse_args(argv=None):
     return args
 
 
+def setting_iters(setting: str, max_iters: int) -> int:
+    """The iterations a setting trains: ``max_iters``, or for a size setting
+    ``max_iters`` per four datasets, so that each dataset gets as many
+    training iterations as in default."""
+    if not SETTINGS[setting].get('scale_iters'):
+        return max_iters
+    return round(max_iters * len(SETTINGS[setting]['datasets']) / len(NAMES))
+
+
+def schedule_length(setting: str, max_iters: int):
+    """How many iterations the LR schedule of a setting's runs spans, None
+    for the demo configs' own (settings whose length is not scaled)."""
+    if not SETTINGS[setting].get('scale_iters'):
+        return None
+    return setting_iters(setting, max_iters)
+
+
 def study_config(setting: str, data_root: Path, model: str, seed: int,
-                 max_iters: int, sampler: str = 'proportional') -> str:
-    """A config restricting the demo config to a setting's datasets."""
+                 max_iters: int, sampler: str = 'proportional',
+                 schedule_iters=None) -> str:
+    """A config restricting the demo config to a setting's datasets; with
+    ``schedule_iters``, its LR schedule stretched to that many iterations
+    (:func:`scaled_schedule`)."""
     names = SETTINGS[setting]['datasets']
 
     def entries(split):
         return [dict(name=n, data_root=f'{data_root.resolve()}/{n}/',
                      ann_file=f'annotations/{split}.json',
                      img_prefix=f'images/{split}/') for n in names]
-    # Each dataset keeps its expert of the four-dataset configs; the others
-    # stay spare.
-    experts = {n: NAMES.index(n) for n in names}
-    spare = [e for e in range(len(NAMES)) if e not in experts.values()]
+    # Each dataset keeps its expert (EXPERT_OF), so a mixture of more than
+    # four has more experts; experts no dataset of the setting uses stay
+    # spare.
+    experts = {n: EXPERT_OF[n] for n in names}
+    num_experts = max(len(NAMES), *(e + 1 for e in experts.values()))
+    spare = [e for e in range(num_experts) if e not in experts.values()]
     lines = [
         f"_base_ = '{REPO / CONFIGS[model]}'",
         f'randomness = dict(seed={seed})',
@@ -182,10 +245,37 @@ def study_config(setting: str, data_root: Path, model: str, seed: int,
                  f'**{SAMPLERS[sampler]}))')
     if model in PROBE_MODELS:
         lines.append(f'model.update(dataset_probe=dict(datasets={names}))')
+    if model_config(model).model.get('num_experts', num_experts) \
+            != num_experts:
+        lines.append(f'model.update(num_experts={num_experts})')
+    if model in PARAMETER_MATCHED and num_experts != len(NAMES):
+        lines.append('model.update(ffn_channels='
+                     f'{parameter_matched_channels(model, num_experts)})')
+    if schedule_iters is not None:
+        lines.append('param_scheduler = '
+                     f'{run_schedule(model, schedule_iters)}')
     if model in DAMEX_MODELS:
         lines.append(f'model.update(dataset_to_expert=dict(_delete_=True, '
                      f'**{experts}), spare_experts={spare})')
     return '\n'.join(lines) + '\n'
+
+
+@functools.lru_cache(maxsize=None)
+def model_config(model: str):
+    """A model's demo config, resolved once."""
+    from mmengine.config import Config
+    return Config.fromfile(str(REPO / CONFIGS[model]))
+
+
+def parameter_matched_channels(model: str, num_experts: int) -> dict:
+    """The ``ffn_channels`` of a :data:`PARAMETER_MATCHED` control whose
+    DAMEX has ``num_experts`` routed experts: each layer's width per expert
+    in the configs (shared expert plus damex_demo.py's experts) times
+    ``1 + num_experts``."""
+    configured_experts = model_config('damex').model.num_experts
+    return {part: {layer: width // (1 + configured_experts) * (1 + num_experts)
+                   for layer, width in layers.items()}
+            for part, layers in model_config(model).model.ffn_channels.items()}
 
 
 def continued_schedule(schedulers, offset: int, length: int) -> list:
@@ -245,9 +335,43 @@ def continued_schedule(schedulers, offset: int, length: int) -> list:
 
 def base_schedule(model: str) -> list:
     """The param_scheduler of a model's demo config."""
-    from mmengine.config import Config
-    return [s.to_dict() for s in
-            Config.fromfile(str(REPO / CONFIGS[model])).param_scheduler]
+    return [s.to_dict() for s in model_config(model).param_scheduler]
+
+
+def scaled_schedule(schedulers, base_iters: int, iters: int) -> list:
+    """``schedulers``, made for runs of ``base_iters`` iterations, for a run
+    of ``iters``: a ``LinearLR`` warm-up keeps its length (it steadies the
+    optimizer whatever the run's length); ``MultiStepLR``'s begin, end and
+    milestones move in proportion. Raises SystemExit for anything else."""
+    def scale(iteration):
+        return round(iteration * iters / base_iters)
+    scaled = []
+    for scheduler in schedulers:
+        scheduler = dict(scheduler)
+        kind = scheduler['type']
+        if scheduler.get('by_epoch', True):
+            raise SystemExit(f'cannot scale the epoch-based {kind}: the '
+                             'study needs iteration-based schedulers')
+        if kind == 'MultiStepLR':
+            scheduler['milestones'] = [scale(m)
+                                       for m in scheduler['milestones']]
+            for key in ('begin', 'end'):
+                if key in scheduler:
+                    scheduler[key] = scale(scheduler[key])
+        elif kind != 'LinearLR':
+            raise SystemExit(f'cannot scale a {kind} schedule')
+        scaled.append(scheduler)
+    return scaled
+
+
+def run_schedule(model: str, schedule_iters=None) -> list:
+    """A model's LR schedule for runs whose schedule spans
+    ``schedule_iters`` iterations (None: its demo config's own)."""
+    if schedule_iters is None:
+        return base_schedule(model)
+    return scaled_schedule(base_schedule(model),
+                           model_config(model).train_cfg.max_iters,
+                           schedule_iters)
 
 
 def final_metrics(work_dir: Path):
@@ -302,9 +426,10 @@ def recipe_digest(setting: str, model: str, sampler: str, args) -> str:
     another recipe are not merged with this one's."""
     data_root = Path(args.data_dir) / setting
     phases = ['dino', 'damex'] if model.startswith(UPCYCLED) else [model]
-    texts = [config_header(study_config(setting, data_root, phase, 0,
-                                        args.max_iters, sampler),
-                           args, args.cfg_options) for phase in phases]
+    texts = [config_header(study_config(
+        setting, data_root, phase, 0, setting_iters(setting, args.max_iters),
+        sampler, schedule_length(setting, args.max_iters)),
+        args, args.cfg_options) for phase in phases]
     return hashlib.sha256(
         '\n'.join([model, *texts]).encode()).hexdigest()[:16]
 
@@ -346,28 +471,30 @@ def run(setting, model, sampler, seed, args, progress):
 
     def finished(work_dir):
         return final_metrics(work_dir) is not None
+    iters = setting_iters(setting, args.max_iters)
+    schedule_iters = schedule_length(setting, args.max_iters)
     if not model.startswith(UPCYCLED):
-        text = study_config(setting, data_root, model, seed, args.max_iters,
-                            sampler)
+        text = study_config(setting, data_root, model, seed, iters, sampler,
+                            schedule_iters)
         return train(setting, name, text, args, progress, finished,
                      args.cfg_options)
-    dense_iters = round(int(model[len(UPCYCLED):]) / 100 * args.max_iters)
-    damex_iters = args.max_iters - dense_iters
+    dense_iters = round(int(model[len(UPCYCLED):]) / 100 * iters)
+    damex_iters = iters - dense_iters
     # The dense phase runs the demo schedule and stops early. The
     # val_interval past its end does not stop mmengine from validating once at
     # the last iteration (a minute of the run); it stays because stored runs
     # are reused by their config text. The variant's --cfg-options are DAMEX
     # options and apply to the DAMEX phase only.
     dense_text = study_config(setting, data_root, 'dino', seed, dense_iters,
-                              sampler) + (
-        f'train_cfg.update(val_interval={args.max_iters + 1})\n')
+                              sampler, schedule_iters) + (
+        f'train_cfg.update(val_interval={iters + 1})\n')
     dense_name = name.replace(f'_seed{seed}', f'_dense_seed{seed}')
     dense_dir = train(
         setting, dense_name, dense_text, args, progress,
         lambda d: (d / f'iter_{dense_iters}.pth').is_file(), [])
     init = dense_dir.parent / f'{name}_init.pth'
-    schedule = continued_schedule(base_schedule('dino'), dense_iters,
-                                  damex_iters)
+    schedule = continued_schedule(run_schedule('dino', schedule_iters),
+                                  dense_iters, damex_iters)
     damex_text = study_config(setting, data_root, 'damex', seed, damex_iters,
                               sampler) + (
         '# Routing weight 1: the upcycled model starts as the dense one.\n'
@@ -441,16 +568,23 @@ def mean_std(values):
     return f'{np.mean(values):.3f}±{std:.3f}'
 
 
-def paired_interval(differences, confidence=0.95):
-    """The ``confidence`` interval of the mean of paired ``differences``
-    (Student's t, n - 1 degrees of freedom): a gain of g is shown when the
-    interval's lower end is at least g. ``n/a`` for one seed."""
+def interval_bounds(differences, confidence=0.95):
+    """``(low, high)``: the ``confidence`` interval of the mean of paired
+    ``differences`` (Student's t, n - 1 degrees of freedom); None for one
+    seed."""
     if len(differences) < 2:
-        return 'n/a'
+        return None
     half = (stats.t.ppf((1 + confidence) / 2, len(differences) - 1)
             * np.std(differences, ddof=1) / np.sqrt(len(differences)))
     mean = np.mean(differences)
-    return f'[{mean - half:+.3f}, {mean + half:+.3f}]'
+    return mean - half, mean + half
+
+
+def paired_interval(differences, confidence=0.95):
+    """:func:`interval_bounds` as text: a gain of g is shown when the
+    interval's lower end is at least g. ``n/a`` for one seed."""
+    bounds = interval_bounds(differences, confidence)
+    return 'n/a' if bounds is None else f'[{bounds[0]:+.3f}, {bounds[1]:+.3f}]'
 
 
 def best_samplers(by_run):
@@ -572,7 +706,80 @@ def summarise(results, reference='damex'):
                 f' | {stat("routing/mean/acc")} | {load} |')
         lines += dense_comparison(setting, by_run)
         lines += test_comparison(setting, by_run, reference)
+    lines += growth_table(growth(results, reference), reference)
     return '\n'.join(lines)
+
+
+def growth(results, reference):
+    """``{model: {number of datasets: per-seed differences}}``: on the test
+    split, ``reference`` minus each other model, same seed, in every size
+    setting of ``results``; each model with the sampler chosen on val
+    (:func:`best_samplers`)."""
+    def test_ap(runs):
+        return {r['seed']: r['test']['mixture/mean/AP'] for r in runs
+                if 'test' in r}
+    gains = {}
+    for setting in SIZE_SETTINGS:
+        by_run = {key: runs for key, runs in results.get(setting, {}).items()
+                  if runs}
+        best = best_samplers(by_run)
+        if reference not in best:
+            continue
+        ours = test_ap(by_run[f'{reference}/{best[reference]}'])
+        for model, sampler in best.items():
+            differences = [ours[seed] - ap for seed, ap in
+                           test_ap(by_run[f'{model}/{sampler}']).items()
+                           if seed in ours]
+            if model != reference and differences:
+                size = len(SETTINGS[setting]['datasets'])
+                gains.setdefault(model, {})[size] = differences
+    return gains
+
+
+def growth_table(gains, reference) -> list:
+    """Markdown lines: :func:`growth` as mean [95% interval] (seeds)."""
+    sizes = sorted({size for by_size in gains.values() for size in by_size})
+    if not sizes:
+        return []
+    lines = [f'\nThe gain as the mixture grows: test AP of {reference} minus '
+             'each model, same seed, mean [95% interval] (seeds):\n',
+             '| minus | ' + ' | '.join(f'{n} datasets' for n in sizes) + ' |',
+             '|---' * (len(sizes) + 1) + '|']
+    for model, by_size in gains.items():
+        cells = [f'{np.mean(by_size[n]):+.3f} '
+                 f'{paired_interval(by_size[n])} ({len(by_size[n])})'
+                 if n in by_size else '' for n in sizes]
+        lines.append(f'| {model} | ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+def plot_growth(gains, reference, path):
+    """Draw :func:`growth` to the PNG ``path``: one line per model, the mean
+    difference with its 95% interval (none for one seed) against the number
+    of datasets. Returns the figure."""
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(6.4, 4.2))
+    axes = figure.subplots()
+    axes.axhline(0.0, color='grey', linewidth=0.8)
+    for index, (model, by_size) in enumerate(gains.items()):
+        sizes = sorted(by_size)
+        means = np.array([np.mean(by_size[n]) for n in sizes])
+        bounds = [interval_bounds(by_size[n]) or (mean, mean)
+                  for n, mean in zip(sizes, means)]
+        errors = np.abs(np.array(bounds).T - means)
+        # Side by side, so that the intervals of one size do not overlap.
+        shift = 0.06 * (index - (len(gains) - 1) / 2)
+        axes.errorbar(np.array(sizes) + shift, means, yerr=errors, marker='o',
+                      capsize=3, label=f'{reference} minus {model}')
+    axes.set_xticks(sorted({n for by_size in gains.values() for n in by_size}))
+    axes.set_xlabel('datasets in the mixture')
+    axes.set_ylabel('test AP difference (mean, 95% interval)')
+    axes.set_title(f'The gain of {reference} as the mixture grows')
+    axes.legend(fontsize='small')
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return figure
 
 
 def merge_seeds(stored_runs, runs):
@@ -621,7 +828,9 @@ def main(argv=None):
     args = parse_args(argv)
     out = Path(args.work_dir) / f'results{variant_suffix(args.tag)}.json'
     if args.report:
-        print(summarise(json.loads(out.read_text()), args.reference))
+        stored = json.loads(out.read_text())
+        print(summarise(stored, args.reference))
+        draw_growth(stored, args)
         return
     # Seed-major order: an interrupted study has every model at the first
     # seed before any model at the second.
@@ -631,7 +840,8 @@ def main(argv=None):
         num_train = args.num_train or SETTINGS[setting]['num_train']
         generate_demo_mixture(Path(args.data_dir) / setting,
                               num_train=num_train, num_val=args.num_val,
-                              num_test=args.num_test)
+                              num_test=args.num_test,
+                              datasets=SETTINGS[setting]['datasets'])
     results = {s: {f'{m}/{sampler}': [] for m in args.models
                    for sampler in args.samplers} for s in args.settings}
     # One per model and sampler, not per seed: each resolves its configs.
@@ -655,10 +865,33 @@ def main(argv=None):
             # Each run is stored as it finishes: a study stopped midway
             # keeps every run it completed.
             store_results(out, {setting: {key: [record]}})
-    print(f'\nResults ({len(args.seeds)} seeds, {args.max_iters} iterations, '
+    iterations = ', '.join(f'{setting_iters(s, args.max_iters)} ({s})'
+                           for s in args.settings)
+    print(f'\nResults ({len(args.seeds)} seeds, {iterations} iterations, '
           f'{args.num_val} val and {args.num_test} test images per dataset, '
           f'mean±std over seeds): {out}')
     print(summarise(results, args.reference))
+    draw_growth(json.loads(out.read_text()), args)
+
+
+def draw_growth(stored, args):
+    """--plot: :func:`plot_growth` of every size setting in the results
+    file ``stored``; by default when this invocation trained size
+    settings."""
+    path = args.plot
+    if path is None and not args.report and set(args.settings) & set(
+            SIZE_SETTINGS):
+        path = (Path(args.work_dir)
+                / f'gain_vs_datasets{variant_suffix(args.tag)}.png')
+    if path is None:
+        return
+    gains = growth(stored, args.reference)
+    if not gains:
+        print(f'\nNo plot: no size setting ({", ".join(SIZE_SETTINGS)}) has '
+              f'test results of {args.reference} and another model.')
+        return
+    plot_growth(gains, args.reference, path)
+    print(f'\nThe gain against the number of datasets: {path}')
 
 
 if __name__ == '__main__':

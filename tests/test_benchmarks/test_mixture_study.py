@@ -7,8 +7,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from mmdet.registry import MODELS
 from mmengine.config import Config
-from mmengine.registry import PARAM_SCHEDULERS
+from mmengine.registry import PARAM_SCHEDULERS, init_default_scope
 
 from damex_mmdet.demo import generate_demo_mixture
 
@@ -233,3 +234,162 @@ def test_recipe_is_the_same_for_every_seed_and_changes_with_the_config(
                                 str(tmp_path), '--tag', 'x', '--cfg-options',
                                 'model.routing_loss.loss_weight=0.3'])
     assert recipe != study.recipe_digest('limited', 'damex', 'temp2', variant)
+
+
+def resolved_study_config(tmp_path, setting, model, max_iters=500):
+    """The config a size setting's run trains, resolved by mmengine."""
+    iters = study.setting_iters(setting, max_iters)
+    text = study.study_config(setting, tmp_path / 'data', model, 0, iters, 'temp2',
+                              study.schedule_length(setting, max_iters))
+    path = tmp_path / f'{setting}_{model}.py'
+    path.write_text(text)
+    return Config.fromfile(str(path))
+
+
+@pytest.mark.parametrize('setting, datasets, iters, num_classes', [
+    ('size2', ['photo', 'aerial'], 250, 6),
+    ('size4', ['photo', 'sketch', 'aerial', 'scan'], 500, 11),
+    ('size6', ['photo', 'sketch', 'aerial', 'scan', 'thermal', 'comic'], 750, 18),
+    ('size8', ['photo', 'sketch', 'aerial', 'scan', 'thermal', 'comic', 'microscopy',
+               'underwater'], 1000, 24),
+])
+def test_size_settings_train_each_dataset_as_long_as_default(tmp_path, setting, datasets,
+                                                             iters, num_classes):
+    cfg = resolved_study_config(tmp_path, setting, 'dino')
+    assert [d.name for d in cfg.train_dataloader.dataset.datasets] == datasets
+    assert [d.ann_file for d in cfg.test_dataloader.dataset.datasets] == [
+        'annotations/test.json'] * len(datasets)
+    assert cfg.model.bbox_head.num_classes == num_classes
+    assert cfg.train_cfg.max_iters == iters
+    # The 50-iteration warm-up keeps its length; the decay comes at 80% of the run.
+    rates = learning_rates(cfg.param_scheduler, iters)
+    default_rates = learning_rates(study.base_schedule('dino'), 500)
+    np.testing.assert_allclose(rates[:50], default_rates[:50], rtol=1e-9)
+    np.testing.assert_allclose(rates[50:round(0.8 * iters)], 1.0, rtol=1e-9)
+    np.testing.assert_allclose(rates[round(0.8 * iters):], 0.1, rtol=1e-9)
+
+
+def test_size_settings_give_every_dataset_its_expert(tmp_path):
+    size2 = resolved_study_config(tmp_path, 'size2', 'damex')
+    assert size2.model.num_experts == 4
+    assert size2.model.dataset_to_expert == dict(photo=0, aerial=2)
+    assert size2.model.spare_experts == [1, 3]
+    size8 = resolved_study_config(tmp_path, 'size8', 'damex')
+    assert size8.model.num_experts == 8
+    assert size8.model.dataset_to_expert == dict(
+        photo=0, sketch=1, aerial=2, scan=3, thermal=4, comic=5, microscopy=6,
+        underwater=7)
+    assert size8.model.spare_experts == []
+    # The controls follow: vanilla MoE has as many experts, the parameter-matched
+    # dense model as many hidden units as the shared expert and 8 experts, the
+    # width-matched one the active width of a shared expert plus one expert.
+    assert resolved_study_config(tmp_path, 'size6', 'moe_shared').model.num_experts == 6
+    dino_params = resolved_study_config(tmp_path, 'size8', 'dino_params')
+    assert dino_params.model.ffn_channels == dict(decoder={0: 9 * 512, 2: 9 * 512})
+    init_default_scope('mmdet')
+    damex, dense = MODELS.build(size8.model), MODELS.build(dino_params.model)
+    assert {m.num_experts for m in damex.modules() if hasattr(m, 'num_experts')} == {8}
+
+    def parameters(model):
+        return sum(p.numel() for p in model.parameters())
+    # As many parameters but, in each of the two MoE layers, DAMEX's gate (256 x 8
+    # weights) and its 8 experts' output biases (256 each; the dense FFN has one).
+    assert parameters(damex) - parameters(dense) == 2 * (256 * 8 + 8 * 256)
+    assert resolved_study_config(tmp_path, 'size8', 'dino_wide').model.ffn_channels == \
+        dict(decoder={0: 1024, 2: 1024})
+    # The paper's settings keep their configs: no line about experts or schedules.
+    default = study.study_config('default', tmp_path, 'dino_params', 0, 500, 'temp2')
+    assert 'num_experts' not in default and 'ffn_channels' not in default
+    assert 'param_scheduler' not in default
+
+
+def test_upcycled_runs_of_a_size_setting_continue_its_scaled_schedule(capsys):
+    iters = study.setting_iters('size8', 500)
+    whole = learning_rates(study.run_schedule('dino', iters), iters)
+    continued = study.continued_schedule(study.run_schedule('dino', iters), 300,
+                                         iters - 300)
+    np.testing.assert_allclose(learning_rates(continued, iters - 300), whole[300:],
+                               rtol=1e-9)
+    # 3 iterations of 4 datasets are 2 of 2: a fifth of 3 rounds to 1, of 2 to 0.
+    study.parse_args(['--settings', 'default', '--models', 'upcycled', '--max-iters', '3',
+                      '--dense-fractions', '0.2'])
+    with pytest.raises(SystemExit):
+        study.parse_args(['--settings', 'default', 'size2', '--models', 'upcycled',
+                          '--max-iters', '3', '--dense-fractions', '0.2'])
+    assert "0.2 of size2's 2 iterations leaves no dense or no DAMEX phase" in \
+        capsys.readouterr().err
+
+
+def growth_results():
+    """Fake stored results of two size settings: damex, dino with two samplers (val
+    picks temp2), and moe_shared at size4 only."""
+    def metrics(ap):
+        return {'mixture/mean/AP': ap, 'mixture/mean/AP50': ap,
+                **{f'mixture/{name}/AP': ap for name in study.EXPERT_OF}}
+
+    def record(seed, val_ap, test_ap):
+        return dict(metrics(val_ap), seed=seed, test=metrics(test_ap))
+    return {
+        'size2': {
+            'damex/temp2': [record(0, .5, .60), record(1, .5, .50), record(2, .5, .55)],
+            'dino/temp2': [record(0, .4, .58), record(1, .4, .45), record(2, .4, .52)],
+            'dino/proportional': [record(0, .3, .90), record(1, .3, .90)],
+        },
+        'size4': {
+            'damex/temp2': [record(0, .5, .40), record(1, .5, .42)],
+            'dino/temp2': [record(0, .4, .30), record(1, .4, .36)],
+            'moe_shared/temp2': [record(1, .4, .41)],
+        },
+        # Not a size setting: left out.
+        'labels': {'damex/temp2': [record(0, .5, .9)], 'dino/temp2': [record(0, .4, .1)]},
+    }
+
+
+def test_growth_pairs_seeds_per_size_with_the_samplers_chosen_on_val():
+    gains = study.growth(growth_results(), 'damex')
+    assert set(gains) == {'dino', 'moe_shared'}
+    np.testing.assert_allclose(gains['dino'][2], [0.02, 0.05, 0.03], atol=1e-12)
+    np.testing.assert_allclose(gains['dino'][4], [0.10, 0.06], atol=1e-12)
+    np.testing.assert_allclose(gains['moe_shared'][4], [0.01], atol=1e-12)
+    assert 2 not in gains['moe_shared']
+    lines = study.growth_table(gains, 'damex')
+    assert lines[1] == '| minus | 2 datasets | 4 datasets |'
+    # Mean 0.0333, std 0.0153, t(0.975, 2) = 4.303 over 3 seeds: 0.0333 -+ 0.0380.
+    assert '| dino | +0.033 [-0.005, +0.071] (3) | +0.080 [-0.174, +0.334] (2) |' in lines
+    assert '| moe_shared |  | +0.010 n/a (1) |' in lines
+
+
+def test_growth_plot_draws_each_models_gain_and_interval(tmp_path):
+    gains = study.growth(growth_results(), 'damex')
+    path = tmp_path / 'plots' / 'gain.png'
+    figure = study.plot_growth(gains, 'damex', path)
+    with open(path, 'rb') as image:
+        assert image.read(8) == b'\x89PNG\r\n\x1a\n'
+    [axes] = figure.axes
+    drawn = {container.get_label(): container.lines for container in axes.containers}
+    assert set(drawn) == {'damex minus dino', 'damex minus moe_shared'}
+    line, _, (bars, ) = drawn['damex minus dino']
+    x, y = line.get_data()
+    np.testing.assert_allclose(x, [1.97, 3.97])  # side by side with moe_shared
+    np.testing.assert_allclose(y, [0.1 / 3, 0.08])
+    # Each bar spans the 95% interval of the table.
+    [(low_2, high_2), (low_4, high_4)] = [segment[:, 1] for segment in bars.get_segments()]
+    np.testing.assert_allclose([low_2, high_2, low_4, high_4],
+                               [-0.0046, 0.0713, -0.1741, 0.3341], atol=1e-4)
+    line, _, (bars, ) = drawn['damex minus moe_shared']
+    np.testing.assert_allclose(np.array(line.get_data()).ravel(), [4.03, 0.01])
+    np.testing.assert_allclose(bars.get_segments()[0][:, 1], [0.01, 0.01])
+    assert list(axes.get_xticks()) == [2, 4]
+
+
+def test_the_study_plots_the_stored_size_results(tmp_path, capsys):
+    results_file = tmp_path / 'study' / 'results.json'
+    results_file.parent.mkdir(parents=True)
+    results_file.write_text(json.dumps(growth_results()))
+    study.main(['--report', '--work-dir', str(tmp_path / 'study'), '--plot',
+                str(tmp_path / 'gain.png')])
+    assert (tmp_path / 'gain.png').read_bytes().startswith(b'\x89PNG')
+    study.main(['--report', '--work-dir', str(tmp_path / 'study'), '--plot',
+                str(tmp_path / 'none.png'), '--reference', 'moe'])
+    assert not (tmp_path / 'none.png').exists()
+    assert 'No plot' in capsys.readouterr().out
