@@ -161,13 +161,17 @@ def test_demo_vanilla_moe_baselines(name, loss, queries):
         assert all(moe.gate_noise_std == 1 / 4 for _, moe in model.named_moe_layers())
 
 
-def test_recommended_demo_damex_is_the_papers_plus_a_shared_expert():
+def test_recommended_demo_damex_is_the_papers_plus_a_shared_expert_and_sampler():
     def resolved(name):
         return Config.fromfile(
             str(REPO_ROOT / 'configs' / 'demo' / f'{name}.py')).to_dict()
     recommended, paper = resolved('damex_demo'), resolved('damex_paper_demo')
     assert recommended['model'].pop('moe_cfg') == dict(shared_expert=True)
     assert 'moe_cfg' not in paper['model']
+    # ... trained with the sampler the study recommends it with.
+    assert recommended['train_dataloader'].pop('sampler') == dict(
+        type='MixtureSampler', mode='temperature', temperature=2.0)
+    assert paper['train_dataloader'].pop('sampler')['mode'] == 'proportional'
     assert recommended == paper
     model = MODELS.build(Config.fromfile(
         str(REPO_ROOT / 'configs' / 'demo' / 'damex_demo.py')).model)

@@ -10,7 +10,7 @@ Training does not validate: the evaluation right after it scores the final
 checkpoint, with the same routing and metric, once. To check a setup in
 about a minute::
 
-    python tools/run_demo.py --max-iters 20 --max-val-images 40
+    python tools/run_demo.py --max-iters 20 --max-test-images 40
 
 From Python: damex_mmdet.demo.run.run_demo(...).
 """
@@ -33,10 +33,10 @@ def parse_args(argv=None):
                         help='override the training length (smoke tests)')
     parser.add_argument('--num-train', type=int,
                         help='training images per dataset (smoke tests)')
-    parser.add_argument('--num-val', type=int,
-                        help='val images per dataset (smoke tests)')
-    parser.add_argument('--max-val-images', type=int,
-                        help='evaluate on at most this many val images, taken '
+    parser.add_argument('--num-test', type=int,
+                        help='held-out test images per dataset (smoke tests)')
+    parser.add_argument('--max-test-images', type=int,
+                        help='evaluate on at most this many test images, taken '
                              'in turn from each dataset (smoke tests)')
     parser.add_argument('--retrain', action='store_true',
                         help='train again even if a checkpoint exists')
@@ -48,8 +48,8 @@ def main(argv=None):
     # Imported after parsing, so that --help answers without loading torch.
     from damex_mmdet.demo.run import run_demo
     headline = run_demo(args.config, args.work_dir, args.data_root, args.seed,
-                        args.max_iters, args.num_train, args.num_val,
-                        args.max_val_images, args.retrain)
+                        args.max_iters, args.num_train, args.num_test,
+                        args.max_test_images, args.retrain)
     report = Path(args.work_dir) / 'report.md'
     print(f'\nReport: {report}\n' + json.dumps(headline, indent=2))
 

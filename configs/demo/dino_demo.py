@@ -78,14 +78,9 @@ val_dataloader = dict(
         test_mode=True))
 # Val chooses, test reports: `tools/test.py` scores the held-out test split.
 test_dataloader = dict(
-    batch_size=8,
-    num_workers=1,
-    dataset=dict(
-        _delete_=True,
-        type='DatasetMixture',
-        datasets={{_base_.demo_test_datasets}},
-        pipeline=test_pipeline,
-        test_mode=True))
+    val_dataloader,
+    dataset=dict(val_dataloader['dataset'],
+                 datasets={{_base_.demo_test_datasets}}))
 val_evaluator = dict(_delete_=True, type='MixtureCocoMetric')
 test_evaluator = val_evaluator
 

@@ -1,8 +1,8 @@
 """The ``make demo`` run: DAMEX end to end on the embedded mixture.
 
 :func:`run_demo` generates the demo mixture, trains a demo config on it,
-evaluates every dataset with the gate routing by itself and with the oracle
-routing by dataset, analyses the routing, and writes ``report.md`` (with its
+evaluates every dataset of the held-out test split with the gate routing by
+itself and with the oracle routing by dataset, analyses the routing, and writes ``report.md`` (with its
 heatmaps) and ``report.json`` into the work dir. Re-running reuses the
 mixture and a finished training. ``tools/run_demo.py`` is its command line.
 
@@ -79,7 +79,7 @@ def write_report(path: Path, analysis: dict, timings: dict) -> dict:
         '# DAMEX demo report', '',
         f'Config `{_shown_path(analysis["config"])}`, checkpoint '
         f'`{osp.basename(analysis["checkpoint"])}`, {analysis["num_images"]} '
-        f'val images, {analysis["num_experts"]} experts, routing loss '
+        f'test images (held out), {analysis["num_experts"]} experts, routing loss '
         f'{analysis["routing_loss"]}.', '',
         '## Detection (COCO box AP per dataset, own label space)', '',
         'Routed by the gate (dataset unknown, as at test time); the last '
@@ -130,8 +130,8 @@ def run_demo(config: str,
              seed: int = 0,
              max_iters: Optional[int] = None,
              num_train: Optional[int] = None,
-             num_val: Optional[int] = None,
-             max_val_images: Optional[int] = None,
+             num_test: Optional[int] = None,
+             max_test_images: Optional[int] = None,
              retrain: bool = False) -> dict:
     """Generate, train, evaluate, analyse and report.
 
@@ -142,10 +142,11 @@ def run_demo(config: str,
         data_root: Where the demo mixture is generated (or reused).
         seed: Seed of the mixture and of training.
         max_iters: Shorter training (smoke runs).
-        num_train, num_val: Images per dataset (smoke runs; default: the
+        num_train, num_test: Images per dataset (smoke runs; default: the
             generator's sizes).
-        max_val_images: Evaluate on at most this many val images, taken in
-            turn from each dataset (smoke runs).
+        max_test_images: Evaluate on at most this many images of the
+            held-out test split, taken in turn from each dataset (smoke
+            runs).
         retrain: Train again even if the final checkpoint exists.
 
     Returns:
@@ -155,14 +156,14 @@ def run_demo(config: str,
     timings = {}
     start = time.time()
     counts = {k: v for k, v in (('num_train', num_train),
-                                ('num_val', num_val)) if v}
+                                ('num_test', num_test)) if v}
     generate_demo_mixture(data_root, seed=seed, **counts)
     timings['mixture'] = time.time() - start
     cfg = demo_config(config, work_dir, data_root, seed, max_iters)
     checkpoint, timings['training'] = train_unless_trained(cfg, retrain)
     start = time.time()
     analysis = analyze_routing(cfg, checkpoint, osp.join(work_dir, 'routing'),
-                               max_images=max_val_images)
+                               split='test', max_images=max_test_images)
     timings['evaluation and routing analysis'] = time.time() - start
     headline = write_report(Path(work_dir) / 'report.md', analysis, timings)
     headline = dict(headline, timings=timings)

@@ -12,14 +12,15 @@ def test_run_demo_writes_a_report(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / 'tools' / 'run_demo.py'),
          '--work-dir', str(work_dir), '--data-root', str(tmp_path / 'data'),
-         '--max-iters', '2', '--num-train', '4', '--num-val', '3',
-         '--max-val-images', '8'],
+         '--max-iters', '2', '--num-train', '4', '--num-test', '3',
+         '--max-test-images', '8'],
         capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    # One evaluation, after training, on 8 of the 12 val images.
+    # One evaluation, after training, on 8 of the 12 held-out test images.
     assert '(val)' not in result.stdout + result.stderr
+    assert '(test) of 4 datasets (photo: 3, sketch: 3' in result.stdout + result.stderr
     report = (work_dir / 'report.md').read_text()
-    assert ', 8 val images,' in report
+    assert ', 8 test images (held out),' in report
     config = REPO_ROOT / 'configs' / 'demo' / 'damex_demo.py'
     assert report.startswith(f'# DAMEX demo report\n\nConfig `{config}`, ')
     for name in ('photo', 'sketch', 'aerial', 'scan', 'mean'):
@@ -35,7 +36,7 @@ def test_run_demo_writes_a_report(tmp_path):
     again = subprocess.run(
         [sys.executable, str(REPO_ROOT / 'tools' / 'run_demo.py'),
          '--work-dir', str(work_dir), '--data-root', str(tmp_path / 'data'),
-         '--max-iters', '2', '--num-train', '4', '--num-val', '3'],
+         '--max-iters', '2', '--num-train', '4', '--num-test', '3'],
         capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert 'Reusing' in again.stdout
