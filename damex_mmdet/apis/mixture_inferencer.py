@@ -8,7 +8,7 @@ for MoE models, each image's routing (what ``tools/infer.py`` does).
 import json
 import os.path as osp
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from mmdet.apis import DetInferencer
@@ -69,7 +69,7 @@ class MixtureDetInferencer(DetInferencer):
         return super().forward(inputs, **kwargs)
 
 
-def infer(inputs: str,
+def infer(inputs: Union[str, Sequence[str]],
           config: str,
           checkpoint: str,
           out_dir: str,
@@ -80,13 +80,16 @@ def infer(inputs: str,
           progress: bool = True) -> List[Dict[str, Any]]:
     """Detect, draw into ``out_dir/vis/`` and write ``predictions.json``.
 
+    ``inputs`` is an image, a folder of images, or a list of image paths.
+
     Returns:
         list[dict]: Per image ``image``, ``vis`` (the drawn image),
         ``instances`` (``label``, ``class``, ``score``, ``bbox`` [x1, y1, x2,
         y2] in pixels; score >= ``score_thr``) and, for MoE models,
         ``routing_counts`` {MoE layer: tokens per first-choice expert}.
     """
-    for path in (inputs, config, checkpoint):
+    images = [inputs] if isinstance(inputs, str) else list(inputs)
+    for path in images + [config, checkpoint]:
         if not osp.exists(path):
             raise FileNotFoundError(f'{path} does not exist')
     Path(out_dir).mkdir(parents=True, exist_ok=True)

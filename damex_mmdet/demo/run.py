@@ -2,9 +2,10 @@
 
 :func:`run_demo` generates the demo mixture, trains a demo config on it,
 evaluates every dataset of the held-out test split with the gate routing by
-itself and with the oracle routing by dataset, analyses the routing, and writes ``report.md`` (with its
-heatmaps) and ``report.json`` into the work dir. Re-running reuses the
-mixture and a finished training. ``tools/run_demo.py`` is its command line.
+itself and with the oracle routing by dataset, analyses the routing, draws
+the predictions on each dataset's first test image, and writes ``report.md``
+(with its heatmaps and ``predictions.png``) and ``report.json`` into the
+work dir. Re-running reuses the mixture and a finished training. ``tools/run_demo.py`` is its command line.
 
 Training does not validate: the evaluation right after it scores the final
 checkpoint, with the same routing and metric, once.
@@ -14,12 +15,16 @@ import json
 import os.path as osp
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
+import mmcv
+import numpy as np
 from mmengine.config import Config
+from mmengine.fileio import load
 from mmengine.runner import Runner
 
 from ..analysis import analyze_routing
+from ..apis import infer
 from .generator import generate_demo_mixture
 
 # The targets of the demo on a 2-core CPU.
@@ -67,6 +72,40 @@ def without_validation(cfg: Config) -> Config:
     return cfg
 
 
+def first_test_images(cfg: Config) -> List[str]:
+    """The first image of each dataset of the test split."""
+    images = []
+    for entry in cfg.test_dataloader.dataset.datasets:
+        coco = load(osp.join(entry.data_root, entry.ann_file))
+        images.append(osp.join(entry.data_root, entry.img_prefix,
+                               coco['images'][0]['file_name']))
+    return images
+
+
+def draw_predictions(cfg: Config, checkpoint: str, out_dir: str,
+                     score_thr: float = 0.3) -> str:
+    """Draw the detections on each dataset's first test image, side by side
+    in ``out_dir/predictions.png`` (enlarged: the demo's images are small);
+    return its path."""
+    config = osp.join(out_dir, 'predictions', 'config.py')
+    Path(config).parent.mkdir(parents=True, exist_ok=True)
+    cfg.dump(config)
+    predictions = infer(first_test_images(cfg), config, checkpoint,
+                        osp.dirname(config), score_thr=score_thr,
+                        progress=False)
+    drawn = [mmcv.imrescale(mmcv.imread(p['vis']), 2.0) for p in predictions]
+    height = max(image.shape[0] for image in drawn)
+    gap = np.full((height, 8, 3), 255, np.uint8)
+    row = []
+    for image in drawn:
+        padded = np.full((height, image.shape[1], 3), 255, np.uint8)
+        padded[:image.shape[0]] = image
+        row += [padded, gap]
+    path = osp.join(out_dir, 'predictions.png')
+    mmcv.imwrite(np.concatenate(row[:-1], axis=1), path)
+    return path
+
+
 def write_report(path: Path, analysis: dict, timings: dict) -> dict:
     """Write report.md; return the headline numbers."""
     gate = analysis['protocols']['gate']
@@ -104,6 +143,10 @@ def write_report(path: Path, analysis: dict, timings: dict) -> dict:
         lines.append(f'| {name} | {expert} | {shown} |')
     lines += [''] + [f'![{plot}]({osp.join("routing", plot)})'
                      for plot in gate['plots']]
+    lines += ['', '## Predictions', '',
+              'Each dataset\'s first test image, detections scoring at '
+              'least 0.3 with their dataset-qualified class names:', '',
+              '![predictions](predictions.png)']
     lines += ['', '## Targets', '',
               f'- mean AP50 {mean_ap50:.3f} (target >= {MIN_MEAN_AP50}): '
               f'{"met" if mean_ap50 >= MIN_MEAN_AP50 else "NOT met"}',
@@ -164,6 +207,7 @@ def run_demo(config: str,
     start = time.time()
     analysis = analyze_routing(cfg, checkpoint, osp.join(work_dir, 'routing'),
                                split='test', max_images=max_test_images)
+    draw_predictions(cfg, checkpoint, work_dir)
     timings['evaluation and routing analysis'] = time.time() - start
     headline = write_report(Path(work_dir) / 'report.md', analysis, timings)
     headline = dict(headline, timings=timings)

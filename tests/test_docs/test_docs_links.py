@@ -41,10 +41,6 @@ from .tool_options import MARKER
 REPO = Path(__file__).resolve().parents[2]
 PAGES = sorted({REPO / 'README.md', REPO / 'benchmarks' / 'README.md',
                 *(REPO / 'docs').rglob('*.md')})
-# The README's two pictures are drawn by `make demo` and committed by hand;
-# until they are, their links are reported as a skip, not a failure.
-PENDING_IMAGES = {REPO / 'docs' / 'images' / 'demo_routing.png',
-                  REPO / 'docs' / 'images' / 'demo_prediction.png'}
 TOOL_DIRS = ('tools', 'benchmarks')
 # Top-level folders of the repository whose paths a page may name; paths
 # under others (data/, work_dirs/, ../shared) are the user's or generated.
@@ -364,9 +360,9 @@ def make_targets() -> Set[str]:
 # The checks: each returns its problems, one line each
 
 
-def link_problems(path: Path) -> tuple:
-    """(problems, pending pictures) of a page's relative links."""
-    problems, pending = [], []
+def link_problems(path: Path) -> List[str]:
+    """The problems of a page's relative links."""
+    problems = []
     for unit in read_page(path).units:
         prose = CODE_SPAN_RE.sub('', unit.text)
         for match in LINK_RE.finditer(prose):
@@ -376,15 +372,12 @@ def link_problems(path: Path) -> tuple:
             path_part, _, anchor = target.partition('#')
             resolved = (path.parent / path_part).resolve() if path_part else path
             if not resolved.exists():
-                if resolved in PENDING_IMAGES:
-                    pending.append(path_part)
-                else:
-                    problems.append(f'line {unit.line}: {target}: no such file')
+                problems.append(f'line {unit.line}: {target}: no such file')
                 continue
             if anchor and resolved.suffix == '.md' and anchor not in anchors(resolved):
                 problems.append(f'line {unit.line}: {target}: no heading with the anchor '
                                 f'#{anchor} in {resolved.name}')
-    return problems, pending
+    return problems
 
 
 def path_problems(path: Path) -> List[str]:
@@ -509,10 +502,8 @@ def package_name_problems(path: Path) -> List[str]:
 
 @pytest.mark.parametrize('page', PAGES, ids=page_id)
 def test_links_resolve(page):
-    problems, pending = link_problems(page)
+    problems = link_problems(page)
     assert not problems, f'{page_id(page)}: broken links:\n' + '\n'.join(problems)
-    if pending:
-        pytest.skip(f'{page_id(page)}: pending pictures, drawn by `make demo`: {pending}')
 
 
 @pytest.mark.parametrize('page', PAGES, ids=page_id)
@@ -638,10 +629,8 @@ Inline: `moe_cfg=dict(shared_expert=True` and `mmdet::dino/no_such.py`.
 """, encoding='utf-8')
     (tmp_path / 'README.md').write_text('# Readme\n', encoding='utf-8')
 
-    links, pending = link_problems(page)
-    assert [p.split(': ')[1] for p in links] == [
+    assert [p.split(': ')[1] for p in link_problems(page)] == [
         'missing.md', '#nowhere', 'README.md#no-such-heading']
-    assert not pending
     assert path_problems(page) == [
         'line 12: configs/demo/no_such_config.py: no such path in the repository',
         'line 23: configs/demo/gone.py: no such path in the repository',

@@ -3,6 +3,9 @@ end to end, at smoke-test size, from a folder outside the checkout."""
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import mmcv
 
 from ..conftest import REPO_ROOT
 
@@ -28,6 +31,15 @@ def test_run_demo_writes_a_report(tmp_path):
     pngs = sorted((work_dir / 'routing').glob('*.png'))
     assert pngs and all(f'routing/{p.name}' in report for p in pngs
                         if p.name.startswith('routing_gate'))
+    # The predictions on each dataset's first test image, side by side.
+    assert '![predictions](predictions.png)' in report
+    predictions = json.loads(
+        (work_dir / 'predictions' / 'predictions.json').read_text())
+    assert [Path(p['image']).name for p in predictions] == [
+        f'{name}_test_0000.png' for name in ('photo', 'sketch', 'aerial', 'scan')]
+    drawn = mmcv.imread(str(work_dir / 'predictions.png'))
+    widths = [mmcv.imread(p['vis']).shape[1] * 2 for p in predictions]
+    assert drawn.shape[1] == sum(widths) + 8 * 3
     headline = json.loads((work_dir / 'report.json').read_text())
     assert 0 <= headline['mean_AP50'] <= 1
     assert set(headline['timings']) == {
