@@ -182,3 +182,16 @@ def test_recommended_demo_damex_is_the_papers_plus_a_shared_expert_and_sampler()
         assert 'shared_expert' not in resolved(name)['model'].get('moe_cfg', {})
     assert resolved('grow_damex_demo_base')['model']['moe_cfg'] == dict(
         shared_expert=True)
+
+
+@pytest.mark.parametrize('name', sorted(p.stem for p in (REPO_ROOT / 'configs' / 'demo').glob('*.py')))
+def test_demo_configs_report_on_the_held_out_test_split(name):
+    """Val chooses, test reports: `tools/test.py` on a demo config scores the
+    test split of the same datasets its val split holds."""
+    cfg = Config.fromfile(str(REPO_ROOT / 'configs' / 'demo' / f'{name}.py'))
+    val = cfg.val_dataloader.dataset.datasets
+    test = cfg.test_dataloader.dataset.datasets
+    assert [d.name for d in test] == [d.name for d in val]
+    assert all(d.ann_file == 'annotations/test.json' and d.img_prefix == 'images/test/'
+               for d in test), test
+    assert all(d.ann_file == 'annotations/val.json' for d in val)

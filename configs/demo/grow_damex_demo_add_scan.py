@@ -54,7 +54,12 @@ val_dataloader = dict(dataset=dict(datasets=[
          ann_file='annotations/val.json', img_prefix='images/val/')
     for name in dataset_names
 ]))
-test_dataloader = val_dataloader
+# Val chooses, test reports: `tools/test.py` scores the held-out test split.
+test_dataloader = dict(dataset=dict(datasets=[
+    dict(name=name, data_root=f'{data_root}{name}/',
+         ann_file='annotations/test.json', img_prefix='images/test/')
+    for name in dataset_names
+]))
 
 # 150 iterations, 30% of training all four datasets from scratch, at the
 # learning rate the base model ended its schedule with x5, then x0.1.
