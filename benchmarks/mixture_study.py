@@ -142,7 +142,9 @@ def parse_args(argv=None):
                         help='train every model with each; the tables report '
                         'each model with its best')
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
-    parser.add_argument('--max-iters', type=int, default=500)
+    parser.add_argument('--max-iters', type=int, default=500,
+                        help='iterations of a four-dataset run; the LR decay '
+                        'moves with it (at 80%% of the run)')
     parser.add_argument('--dense-fractions', nargs='+', type=float,
                         default=[0.5],
                         help='shares of the iterations the upcycled model '
@@ -205,10 +207,11 @@ def setting_iters(setting: str, max_iters: int) -> int:
 
 def schedule_length(setting: str, max_iters: int):
     """How many iterations the LR schedule of a setting's runs spans, None
-    for the demo configs' own (settings whose length is not scaled)."""
-    if not SETTINGS[setting].get('scale_iters'):
+    for the demo configs' own (a run as long as theirs)."""
+    iters = setting_iters(setting, max_iters)
+    if iters == model_config('dino').train_cfg.max_iters:
         return None
-    return setting_iters(setting, max_iters)
+    return iters
 
 
 def study_config(setting: str, data_root: Path, model: str, seed: int,

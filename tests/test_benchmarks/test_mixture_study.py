@@ -269,6 +269,18 @@ def test_size_settings_train_each_dataset_as_long_as_default(tmp_path, setting, 
     np.testing.assert_allclose(rates[round(0.8 * iters):], 0.1, rtol=1e-9)
 
 
+@pytest.mark.parametrize('setting', ['default', 'limited'])
+def test_a_shorter_run_moves_its_decay_with_it(tmp_path, setting):
+    """--max-iters 250: the LR decay comes at 80% of the run, not at the demo
+    config's iteration 400; at the demo length the config keeps its own."""
+    cfg = resolved_study_config(tmp_path, setting, 'damex', max_iters=250)
+    assert cfg.train_cfg.max_iters == 250
+    rates = learning_rates(cfg.param_scheduler, 250)
+    np.testing.assert_allclose(rates[50:200], 1.0, rtol=1e-9)
+    np.testing.assert_allclose(rates[200:], 0.1, rtol=1e-9)
+    assert study.schedule_length(setting, 500) is None
+
+
 def test_size_settings_give_every_dataset_its_expert(tmp_path):
     size2 = resolved_study_config(tmp_path, 'size2', 'damex')
     assert size2.model.num_experts == 4
