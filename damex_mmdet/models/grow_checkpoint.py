@@ -337,7 +337,8 @@ def format_growth(info: dict, out: str) -> str:
 def grown_config_lines(info: dict, out: str) -> List[str]:
     """The ``model`` settings and ``load_from`` of a config that trains the
     checkpoint :func:`grow_checkpoint` wrote to ``out``, as Python lines: the
-    map with ``_delete_=True`` (mmengine would merge it into the base's),
+    map with ``_delete_=True`` (mmengine would merge it into the base's), the
+    experts it leaves spare (a base's ``spare_experts`` may not fit it),
     ``load_from`` absolute (training may run from any folder)."""
     expert_map = info['dataset_to_expert']
     if all(name.isidentifier() and not keyword.iskeyword(name)
@@ -346,8 +347,11 @@ def grown_config_lines(info: dict, out: str) -> List[str]:
             ['_delete_=True'] + [f'{n}={e}' for n, e in expert_map.items()]) + ')'
     else:
         map_text = repr({'_delete_': True, **expert_map})
+    num_experts = info['num_experts'][1]
+    spare = sorted(set(range(num_experts)) - set(expert_map.values()))
     return ['model = dict(',
-            f'    num_experts={info["num_experts"][1]},',
+            f'    num_experts={num_experts},',
             f'    dataset_to_expert={map_text},',
+            f'    spare_experts={spare},',
             f'    bbox_head=dict(num_classes={info["num_classes"][1]}))',
             f'load_from = {osp.abspath(out)!r}']

@@ -131,7 +131,7 @@ def test_the_grown_model_has_the_printed_settings(guide_run):
     folder, printed = guide_run
     grow_output = next(out for command, out in printed if 'grow_checkpoint.py' in command)
     lines = grow_output.split('the lines of the new config that this checkpoint fits:\n')[1]
-    lines = [line[4:] for line in lines.splitlines()[:5]]
+    lines = [line[4:] for line in lines.splitlines()[:6]]
     assert 'set load_from' not in grow_output
     pasted = folder / 'pasted.py'
     pasted.write_text('\n'.join([f"_base_ = '{folder / 'my_mixture.py'}'", *lines]) + '\n')
@@ -139,6 +139,7 @@ def test_the_grown_model_has_the_printed_settings(guide_run):
         str(folder / 'my_mixture_grown.py'))
     for key in ('num_experts', 'dataset_to_expert'):
         assert written.model[key] == grown.model[key]
+    assert written.model.spare_experts == []
     assert written.model.bbox_head.num_classes == grown.model.bbox_head.num_classes == 7
     assert written.load_from == grown.load_from == str(folder / 'work_dirs' / 'grown' /
                                                        'init.pth')
