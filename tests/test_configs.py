@@ -21,6 +21,7 @@ def mmdet_scope():
 
 @pytest.mark.parametrize('name, model_type, loss', [
     ('dino_udb', 'DINO', None),
+    ('dino_wide_udb', 'LayerwiseDINO', None),
     ('moe_udb', 'DAMEX', 'LoadImportanceLoss'),
     ('damex_udb', 'DAMEX', 'DAMEXLoss'),
     ('damex_paper_udb', 'DAMEX', 'DAMEXLoss'),
@@ -60,6 +61,14 @@ def test_uodb_recipe(name, model_type, loss):
         cfg.model.backbone.init_cfg = None
         model = MODELS.build(cfg.model)
         model.check_datasets(train)
+    if name == 'dino_wide_udb':
+        # As wide as damex_udb's shared expert plus one routed expert, in
+        # exactly its MoE layers.
+        cfg.model.backbone.init_cfg = None
+        model = MODELS.build(cfg.model)
+        widths = [layer.ffn.layers[0][0].out_features
+                  for layer in model.decoder.layers]
+        assert widths == [4096, 2048, 4096, 2048, 4096, 2048]
 
 
 @pytest.mark.parametrize('name', ['damex_custom_mixture', 'damex_custom_mixture_demo_size'])
