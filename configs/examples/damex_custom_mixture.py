@@ -28,8 +28,9 @@ model = dict(
     # spare_experts); training stops before its first step otherwise.
     dataset_to_expert=dict(pets=0, cars=1),
     # The recommended DAMEX: a dense FFN that every token uses beside its
-    # dataset's expert (benchmarks/README.md#beating-dense-dino); it also
-    # keeps the old datasets when the model grows (grow_custom_mixture.py).
+    # dataset's expert (at demo scale it ties dense DINO, and a dense DINO as
+    # wide beats it: benchmarks/README.md#does-damex-win); it also keeps the
+    # old datasets when the model grows (grow_custom_mixture.py).
     moe_cfg=dict(shared_expert=True),
     # Disjoint label blocks: pets (2) + cars (3 categories in its file).
     # MixtureCheckHook stops with the right number if this is wrong.

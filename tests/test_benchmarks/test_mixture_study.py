@@ -405,3 +405,22 @@ def test_the_study_plots_the_stored_size_results(tmp_path, capsys):
                 str(tmp_path / 'none.png'), '--reference', 'moe'])
     assert not (tmp_path / 'none.png').exists()
     assert 'No plot' in capsys.readouterr().out
+
+
+def test_the_pages_show_the_report_of_the_committed_runs():
+    """benchmarks/README.md pastes the test-split table of the committed
+    control runs and the README quotes the width-matched model's gain: a
+    number edited on a page, or runs re-stored without the page, fails."""
+    runs = REPO_ROOT / 'benchmarks' / 'results' / 'controls_2026-12-03'
+    stored = json.loads((runs / 'results.json').read_text())
+    evidence = (REPO_ROOT / 'benchmarks' / 'README.md').read_text()
+    report = study.summarise(stored)
+    rows = [line for line in report[report.index('Test split'):].splitlines()
+            if line.startswith('| ') and not line.startswith('| minus')]
+    assert len(rows) >= 6
+    assert [row for row in rows if row not in evidence] == []
+    [width_row] = [line for line in study.summarise(stored, 'dino_wide').splitlines()
+                   if line.startswith('| dino (temp2)') and '(seed 4)' in line]
+    interval = width_row.split(' | ')[3]
+    assert interval == '[+0.017, +0.055]'
+    assert f'**{interval}**' in (REPO_ROOT / 'README.md').read_text()

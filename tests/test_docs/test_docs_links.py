@@ -538,7 +538,7 @@ def test_package_names_exist(page):
 
 def test_pages_referenced_by_the_code_resolve():
     """Comments and docstrings point readers at pages and their sections
-    (`benchmarks/README.md#beating-dense-dino`): a renamed heading breaks
+    (`benchmarks/README.md#does-damex-win`): a renamed heading breaks
     them silently."""
     reference = re.compile(r'((?:benchmarks/|docs/)?[\w/-]*\b[\w-]+\.md)(?:#([\w-]+))?')
     problems = []
