@@ -13,9 +13,11 @@ Settings (the paper's three, at demo scale):
 - domains: the three most different domains only (sketch, aerial, scan);
 - labels: photo and sketch, which share class names but not label blocks.
 
-And the gain as the mixture grows: size2 (photo, aerial), size4 (the four of
-default), size6 (+ thermal, comic) and size8 (+ microscopy, underwater), the
-extra datasets being the generator's EXTRA_DEMO_DATASETS. --max-iters is the
+And the gain as the mixture grows: size2 (photo, aerial), default (its four
+datasets), size6 (+ thermal, comic) and size8 (+ microscopy, underwater), the
+extra datasets being the generator's EXTRA_DEMO_DATASETS. The four-dataset
+point is default's runs: a four-dataset size setting would train the same
+data for as long with the same schedule. --max-iters is the
 length of a four-dataset run: a size setting trains max_iters * n / 4
 iterations, so each dataset gets as many as in default, with the LR decay
 milestones moved in proportion (the warm-up keeps its length); MoE models get
@@ -107,7 +109,6 @@ SETTINGS = dict(
     labels=dict(datasets=['photo', 'sketch'], num_train=None),
     # The gain as the mixture grows; scale_iters: see setting_iters.
     size2=dict(datasets=['photo', 'aerial'], num_train=None, scale_iters=True),
-    size4=dict(datasets=NAMES, num_train=None, scale_iters=True),
     size6=dict(datasets=[*NAMES, *EXTRA_NAMES[:2]], num_train=None,
                scale_iters=True),
     size8=dict(datasets=[*NAMES, *EXTRA_NAMES], num_train=None,
@@ -115,6 +116,8 @@ SETTINGS = dict(
 )
 SIZE_SETTINGS = [name for name, setting in SETTINGS.items()
                  if setting.get('scale_iters')]
+# The settings the gain against the number of datasets is read from.
+GROWTH_SETTINGS = ['size2', 'default', 'size6', 'size8']
 # Dense controls whose FFN in DAMEX's MoE layers holds as many hidden units as
 # DAMEX's shared expert and routed experts together; widened with the experts.
 PARAMETER_MATCHED = ('dino_params', )
@@ -638,18 +641,40 @@ def dense_comparison(setting: str, by_run: dict) -> list:
 
 
 def test_comparison(setting: str, by_run: dict, reference: str) -> list:
-    """Markdown lines: on the held-out test split, ``reference`` minus every
-    other model, same seed, each model with the sampler chosen on val
-    (:func:`best_samplers`); and the reference with oracle routing minus
-    itself with its learned gate. Runs without test metrics are left out."""
+    """Markdown lines: on the held-out test split, each model with the
+    sampler chosen on val (:func:`best_samplers`), mean±std over its seeds;
+    then ``reference`` minus every other model, same seed, and the reference
+    with oracle routing minus itself with its learned gate. Runs without
+    test metrics are left out."""
     best = best_samplers(by_run)
     if reference not in best:
         return []
     names = SETTINGS[setting]['datasets']
     ours = {r['seed']: r for r in by_run[f'{reference}/{best[reference]}']
             if 'test' in r}
-    lines = [f'\nTest split ({setting}; samplers chosen on val): '
-             f'{reference} ({best[reference]}) minus each model, same seed:\n',
+    lines = [f'\nTest split ({setting}; samplers chosen on val), each model '
+             'over its seeds:\n',
+             '| model (sampler) | seeds | mean AP | mean AP50 | '
+             + ' | '.join(f'{n} AP' for n in names) + ' |',
+             '|---' * (len(names) + 4) + '|']
+
+    def means(label, tested):
+        def stat(metric):
+            return mean_std([t[metric] for t in tested])
+        return (f'| {label} | {len(tested)} | {stat("mixture/mean/AP")} | '
+                f'{stat("mixture/mean/AP50")} | '
+                + ' | '.join(stat(f'mixture/{n}/AP') for n in names) + ' |')
+    for model, sampler in best.items():
+        tested = [r['test'] for r in by_run[f'{model}/{sampler}']
+                  if 'test' in r]
+        if tested:
+            lines.append(means(f'{model} ({sampler})', tested))
+    oracle_tested = [r['oracle'] for r in ours.values() if 'oracle' in r]
+    if oracle_tested:
+        lines.append(means(f'{reference} ({best[reference]}) with oracle '
+                           'routing', oracle_tested))
+    lines += [f'\n{reference} ({best[reference]}) minus each model, same '
+              'seed:\n',
              '| minus | AP difference per seed | mean±std AP | 95% interval '
              '| mean±std AP50 | '
              + ' | '.join(f'{n} AP mean±std' for n in names) + ' |',
@@ -715,14 +740,14 @@ def summarise(results, reference='damex'):
 
 def growth(results, reference):
     """``{model: {number of datasets: per-seed differences}}``: on the test
-    split, ``reference`` minus each other model, same seed, in every size
-    setting of ``results``; each model with the sampler chosen on val
-    (:func:`best_samplers`)."""
+    split, ``reference`` minus each other model, same seed, in every setting
+    of ``GROWTH_SETTINGS`` in ``results``; each model with the sampler chosen
+    on val (:func:`best_samplers`)."""
     def test_ap(runs):
         return {r['seed']: r['test']['mixture/mean/AP'] for r in runs
                 if 'test' in r}
     gains = {}
-    for setting in SIZE_SETTINGS:
+    for setting in GROWTH_SETTINGS:
         by_run = {key: runs for key, runs in results.get(setting, {}).items()
                   if runs}
         best = best_samplers(by_run)
@@ -890,7 +915,8 @@ def draw_growth(stored, args):
         return
     gains = growth(stored, args.reference)
     if not gains:
-        print(f'\nNo plot: no size setting ({", ".join(SIZE_SETTINGS)}) has '
+        print(f'\nNo plot: no setting of the series '
+              f'({", ".join(GROWTH_SETTINGS)}) has '
               f'test results of {args.reference} and another model.')
         return
     plot_growth(gains, args.reference, path)

@@ -1,7 +1,9 @@
 """Training FLOPs of detectors relative to the first one, counted, not estimated.
 
-Each model is built from its config (plus optional overrides) and runs one
-training step (loss forward and backward, no optimizer) on the same batch
+Each model is built from its config (plus optional overrides), its
+parameters are counted (all that training holds, a training-only head
+included), and it runs one training step (loss forward and backward, no
+optimizer) on the same batch
 (bench_detector's: ``--size demo``, 8 images at 128 px; ``--size uodb``, 2
 images at 800 x 1333, the scale of the UODB configs) under torch's
 ``FlopCounterMode``, which counts the matrix multiplications and convolutions
@@ -83,15 +85,17 @@ def main(argv=None):
     torch.manual_seed(0)
     rows = []
     for config, *options in args.model:
-        flops = training_flops(build(config, options), args.size)
-        rows.append((' '.join([Path(config).name, *options]), flops))
+        model = build(config, options)
+        parameters = sum(p.numel() for p in model.parameters())
+        rows.append((' '.join([Path(config).name, *options]),
+                     training_flops(model, args.size), parameters))
     reference = rows[0][1]
-    print(f'| model | GFLOPs per training step | ratio to the first | '
-          f'within {TOLERANCE:.0%} |\n|---|---|---|---|')
-    for name, flops in rows:
+    print(f'| model | GFLOPs per training step | parameters | '
+          f'ratio to the first | within {TOLERANCE:.0%} |\n|---|---|---|---|---|')
+    for name, flops, parameters in rows:
         ratio = flops / reference
-        print(f'| {name} | {flops / 1e9:.1f} | {ratio:.3f} | '
-              f'{"yes" if abs(ratio - 1) <= TOLERANCE else "no"} |')
+        print(f'| {name} | {flops / 1e9:.1f} | {parameters / 1e6:.2f}M | '
+              f'{ratio:.3f} | {"yes" if abs(ratio - 1) <= TOLERANCE else "no"} |')
 
 
 if __name__ == '__main__':

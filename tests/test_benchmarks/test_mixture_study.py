@@ -167,7 +167,12 @@ def test_test_split_compares_the_reference_with_every_model_by_seed():
         'dino_wide/temp2': [record(0, .45, .10), record(1, .45, .10)],
     }}
     lines = study.summarise(results, reference='damex').splitlines()
-    row = next(line for line in lines if line.startswith('| dino_wide ('))
+    # Each model's own test AP first, mean±std over seeds, the oracle's beside it.
+    assert '| dino_wide (temp2) | 2 | 0.100±0.000 | 0.300±0.000 | 0.100±0.000 | ' \
+        '0.100±0.000 |' in lines
+    assert '| damex (temp2) with oracle routing | 2 | 0.555±0.092 | 0.755±0.092 | ' \
+        '0.555±0.092 | 0.555±0.092 |' in lines
+    row = next(line for line in lines if line.startswith('| dino_wide (temp2) | +'))
     assert row.startswith('| dino_wide (temp2) | +0.500 (seed 0) / +0.400 (seed 1) |')
     oracle = next(line for line in lines if line.startswith('| (oracle'))
     assert '+0.020 (seed 0) / -0.010 (seed 1)' in oracle
@@ -248,13 +253,13 @@ def resolved_study_config(tmp_path, setting, model, max_iters=500):
 
 @pytest.mark.parametrize('setting, datasets, iters, num_classes', [
     ('size2', ['photo', 'aerial'], 250, 6),
-    ('size4', ['photo', 'sketch', 'aerial', 'scan'], 500, 11),
+    ('default', ['photo', 'sketch', 'aerial', 'scan'], 500, 11),
     ('size6', ['photo', 'sketch', 'aerial', 'scan', 'thermal', 'comic'], 750, 18),
     ('size8', ['photo', 'sketch', 'aerial', 'scan', 'thermal', 'comic', 'microscopy',
                'underwater'], 1000, 24),
 ])
-def test_size_settings_train_each_dataset_as_long_as_default(tmp_path, setting, datasets,
-                                                             iters, num_classes):
+def test_the_series_trains_each_dataset_as_long_as_default_does(tmp_path, setting, datasets,
+                                                                 iters, num_classes):
     cfg = resolved_study_config(tmp_path, setting, 'dino')
     assert [d.name for d in cfg.train_dataloader.dataset.datasets] == datasets
     assert [d.ann_file for d in cfg.test_dataloader.dataset.datasets] == [
@@ -333,8 +338,8 @@ def test_upcycled_runs_of_a_size_setting_continue_its_scaled_schedule(capsys):
 
 
 def growth_results():
-    """Fake stored results of two size settings: damex, dino with two samplers (val
-    picks temp2), and moe_shared at size4 only."""
+    """Fake stored results of two settings of the series: damex, dino with two
+    samplers (val picks temp2), and moe_shared at four datasets only."""
     def metrics(ap):
         return {'mixture/mean/AP': ap, 'mixture/mean/AP50': ap,
                 **{f'mixture/{name}/AP': ap for name in study.EXPERT_OF}}
@@ -347,12 +352,12 @@ def growth_results():
             'dino/temp2': [record(0, .4, .58), record(1, .4, .45), record(2, .4, .52)],
             'dino/proportional': [record(0, .3, .90), record(1, .3, .90)],
         },
-        'size4': {
+        'default': {
             'damex/temp2': [record(0, .5, .40), record(1, .5, .42)],
             'dino/temp2': [record(0, .4, .30), record(1, .4, .36)],
             'moe_shared/temp2': [record(1, .4, .41)],
         },
-        # Not a size setting: left out.
+        # Not in the series: left out.
         'labels': {'damex/temp2': [record(0, .5, .9)], 'dino/temp2': [record(0, .4, .1)]},
     }
 
@@ -416,7 +421,8 @@ def test_the_pages_show_the_report_of_the_committed_runs():
 
     def test_split_rows(reference):
         report = study.summarise(stored, reference)
-        return [line for line in report[report.index('Test split'):].splitlines()
+        tables = report[report.index('Test split'):report.index('The gain as the mixture')]
+        return [line for line in tables.splitlines()
                 if line.startswith('| ') and not line.startswith('| minus')]
 
     evidence = (REPO_ROOT / 'benchmarks' / 'README.md').read_text()
@@ -424,7 +430,20 @@ def test_the_pages_show_the_report_of_the_committed_runs():
     assert len(rows) >= 6
     assert [row for row in rows if row not in evidence] == []
     [width_row] = [row for row in test_split_rows('dino_wide')
-                   if row.startswith('| dino (temp2)')]
+                   if row.startswith('| dino (temp2) | +')]
     interval = width_row.split(' | ')[3]
     assert interval == '[+0.017, +0.055]'
-    assert f'**{interval}**' in (REPO_ROOT / 'README.md').read_text()
+    readme = (REPO_ROOT / 'README.md').read_text()
+    assert f'**{interval}**' in readme
+    # The README's test mean AP column: each model's mean over its seeds.
+    quoted = 0
+    for row in rows:
+        model, seeds, mean_ap = row.split(' | ')[:3]
+        if 'oracle' in model:
+            continue
+        config = f"configs/demo/{model.lstrip('| ').split(' ')[0]}_demo.py"
+        for line in readme.splitlines():
+            if line.startswith('| ') and f'(`{config}`)' in line and seeds == '5':
+                assert f' {mean_ap.split("±")[0]} ' in line.replace('*', ' '), line
+                quoted += 1
+    assert quoted == 5

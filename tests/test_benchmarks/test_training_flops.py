@@ -41,4 +41,10 @@ def test_reports_ratios_to_the_first_model(flops_tool, capsys):
     flops_tool.main(['--model', DAMEX, '--model', DAMEX, *SHARED])
     rows = capsys.readouterr().out.strip().splitlines()[2:]
     assert rows[0].endswith('| 1.000 | yes |')
+    # The shared expert's two 256 x 512 weights and their biases in each MoE layer.
+    model = flops_tool.build(DAMEX, [])
+    moe_layers = len(list(model.named_moe_layers()))
+    counts = [float(row.split(' | ')[2].rstrip('M')) * 1e6 for row in rows]
+    assert counts[1] - counts[0] == pytest.approx(
+        moe_layers * (2 * 256 * 512 + 512 + 256), abs=5e3)
     assert 'shared_expert=True' in rows[1] and '| yes |' in rows[1]
