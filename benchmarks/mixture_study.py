@@ -903,24 +903,28 @@ def main(argv=None):
 
 
 def draw_growth(stored, args):
-    """--plot: :func:`plot_growth` of every size setting in the results
-    file ``stored``; by default when this invocation trained size
-    settings."""
+    """--plot: :func:`plot_growth` of the settings of ``GROWTH_SETTINGS`` in
+    the results file ``stored``, for the models measured at two sizes or
+    more; by default when this invocation trained size settings. Returns
+    the figure, None when nothing was drawn."""
     path = args.plot
     if path is None and not args.report and set(args.settings) & set(
             SIZE_SETTINGS):
         path = (Path(args.work_dir)
                 / f'gain_vs_datasets{variant_suffix(args.tag)}.png')
     if path is None:
-        return
+        return None
     gains = growth(stored, args.reference)
     if not gains:
         print(f'\nNo plot: no setting of the series '
               f'({", ".join(GROWTH_SETTINGS)}) has '
               f'test results of {args.reference} and another model.')
-        return
-    plot_growth(gains, args.reference, path)
+        return None
+    # A model measured at one size draws no line; the table keeps it.
+    figure = plot_growth({model: by_size for model, by_size in gains.items()
+                          if len(by_size) > 1} or gains, args.reference, path)
     print(f'\nThe gain against the number of datasets: {path}')
+    return figure
 
 
 if __name__ == '__main__':

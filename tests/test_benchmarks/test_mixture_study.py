@@ -399,6 +399,18 @@ def test_growth_plot_draws_each_models_gain_and_interval(tmp_path):
     assert list(axes.get_xticks()) == [2, 4]
 
 
+def test_the_plot_leaves_out_models_measured_at_one_size(tmp_path):
+    args = study.parse_args(['--report', '--plot', str(tmp_path / 'gain.png')])
+    figure = study.draw_growth(growth_results(), args)
+    [axes] = figure.axes
+    assert [c.get_label() for c in axes.containers] == ['damex minus dino']
+    # Only models at one size: each is drawn, as a point.
+    one_size = {'default': growth_results()['default']}
+    figure = study.draw_growth(one_size, args)
+    assert {c.get_label() for c in figure.axes[0].containers} == {
+        'damex minus dino', 'damex minus moe_shared'}
+
+
 def test_the_study_plots_the_stored_size_results(tmp_path, capsys):
     results_file = tmp_path / 'study' / 'results.json'
     results_file.parent.mkdir(parents=True)
