@@ -425,14 +425,15 @@ def test_the_study_plots_the_stored_size_results(tmp_path, capsys):
 
 
 def test_the_pages_show_the_report_of_the_committed_runs():
-    """benchmarks/README.md pastes the test-split table of the committed
-    control runs and the README quotes the width-matched model's gain: a
+    """benchmarks/README.md pastes the test-split tables of the committed
+    control runs and the size study's table, and the README quotes the
+    width-matched model's gain and each model's test AP: a
     number edited on a page, or runs re-stored without the page, fails."""
-    runs = REPO_ROOT / 'benchmarks' / 'results' / 'controls_2026-12-03'
+    runs = REPO_ROOT / 'benchmarks' / 'results' / 'demo_study_2026-12-03'
     stored = json.loads((runs / 'results.json').read_text())
 
     def test_split_rows(reference):
-        report = study.summarise(stored, reference)
+        report = study.summarise({'default': stored['default']}, reference)
         tables = report[report.index('Test split'):report.index('The gain as the mixture')]
         return [line for line in tables.splitlines()
                 if line.startswith('| ') and not line.startswith('| minus')]
@@ -441,6 +442,10 @@ def test_the_pages_show_the_report_of_the_committed_runs():
     rows = test_split_rows('damex')
     assert len(rows) >= 6
     assert [row for row in rows if row not in evidence] == []
+    # The size study's table, every setting of the series.
+    growth = study.growth_table(study.growth(stored, 'damex'), 'damex')
+    assert growth[1] == '| minus | 2 datasets | 4 datasets | 6 datasets | 8 datasets |'
+    assert [row for row in growth[1:] if row not in evidence] == []
     [width_row] = [row for row in test_split_rows('dino_wide')
                    if row.startswith('| dino (temp2) | +')]
     interval = width_row.split(' | ')[3]

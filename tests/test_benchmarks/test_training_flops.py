@@ -46,5 +46,5 @@ def test_reports_ratios_to_the_first_model(flops_tool, capsys):
     moe_layers = len(list(model.named_moe_layers()))
     counts = [float(row.split(' | ')[2].rstrip('M')) * 1e6 for row in rows]
     assert counts[1] - counts[0] == pytest.approx(
-        moe_layers * (2 * 256 * 512 + 512 + 256), abs=5e3)
+        moe_layers * (2 * 256 * 512 + 512 + 256), abs=1e4)  # printed to 0.01M
     assert 'shared_expert=True' in rows[1] and '| yes |' in rows[1]
