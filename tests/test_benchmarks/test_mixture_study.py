@@ -456,11 +456,11 @@ def test_the_pages_show_the_report_of_the_committed_runs():
     quoted = 0
     for row in rows:
         model, seeds, mean_ap = row.split(' | ')[:3]
-        if 'oracle' in model:
+        if 'oracle' in model or seeds != '5':
             continue
         config = f"configs/demo/{model.lstrip('| ').split(' ')[0]}_demo.py"
         for line in readme.splitlines():
-            if line.startswith('| ') and f'(`{config}`)' in line and seeds == '5':
+            if line.startswith('| ') and f'(`{config}`)' in line:
                 assert f' {mean_ap.split("±")[0]} ' in line.replace('*', ' '), line
                 quoted += 1
     assert quoted == 5
