@@ -7,11 +7,10 @@ optimizer) on the same batch (bench_detector's: ``--size demo``, 8 images
 at 128 px; ``--size uodb``, 2 images at 800 x 1333, the scale of the UODB
 configs) under torch's ``FlopCounterMode``, which counts the matrix
 multiplications and convolutions as they run. An MoE layer is therefore
-charged for what its tokens did: with
-top-1 dropless routing each token runs exactly one expert, whatever the gate
-chose. Ops without a FLOP formula in torch (grid sampling in the deformable
-attention, element-wise ops) are not counted; they are the same in every
-model compared here. Issue 13's rule: a candidate must stay within 5% of
+charged for what its tokens did: with top-1 dropless routing each token runs
+exactly one expert, whatever the gate chose. Ops without a FLOP formula in
+torch (grid sampling in the deformable attention, element-wise ops) are not
+counted; they are the same in every model compared here. Issue 13's rule: a candidate must stay within 5% of
 dense DINO.
 
 Usage:
