@@ -3,9 +3,11 @@ two, train like one."""
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,8 @@ env_cfg = dict(dist_cfg=dict(backend='gloo'))
 """
 TRAIN = str(REPO_ROOT / 'tools' / 'train.py')
 TORCHRUN = Path(sys.executable).parent / 'torchrun'
+# A launch takes about a minute on 2 cores.
+LAUNCH_TIMEOUT = 300
 
 
 def free_port():
@@ -61,10 +65,32 @@ def env_with_hooks():
     return dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
 
 
+def start(args, cwd, **env):
+    """Start ``args`` in a process group of its own, so that a hung rank can
+    be killed with its launcher (torchrun's workers keep the pipes open)."""
+    return subprocess.Popen(args, cwd=cwd, env=dict(env_with_hooks(), **env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def finish(process):
+    """The output of ``process`` once it exits; a launch that hangs (a lost
+    rendezvous, a rank waiting on a collective) fails the test after
+    ``LAUNCH_TIMEOUT`` seconds with its output instead of hanging the suite."""
+    try:
+        output = process.communicate(timeout=LAUNCH_TIMEOUT)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output = process.communicate()[0]
+        pytest.fail(f'{process.args} hung for {LAUNCH_TIMEOUT} s:\n'
+                    + output[-4000:])
+    return output
+
+
 def run(args, cwd, **env):
-    result = subprocess.run(args, cwd=cwd, env=dict(env_with_hooks(), **env),
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    process = start(args, cwd, **env)
+    output = finish(process)
+    assert process.returncode == 0, output[-5000:]
 
 
 def one_box_per_image(source: Path, target: Path) -> None:
@@ -142,18 +168,18 @@ def test_two_nodes_match_one_process_with_the_same_global_batch(
     machines of one process each would (here both on 127.0.0.1)."""
     root = one_process_run
     endpoint = f'127.0.0.1:{free_port()}'
-    nodes = [subprocess.Popen(
+    nodes = [start(
         [str(TORCHRUN), '--nnodes', '2', '--nproc_per_node', '1',
          '--node-rank', str(node), '--rdzv-backend', 'c10d',
          '--rdzv-endpoint', endpoint, '--rdzv-id', 'two_nodes', TRAIN,
-         'ddp.py', '--launcher', 'pytorch', '--work-dir', 'nodes'],
-        cwd=root, env=env_with_hooks(), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True) for node in (0, 1)]
+         'ddp.py', '--launcher', 'pytorch', '--work-dir', 'nodes'], root)
+        for node in (0, 1)]
     try:
-        outputs = [node.communicate(timeout=600)[0] for node in nodes]
+        outputs = [finish(node) for node in nodes]
     finally:
         for node in nodes:
-            node.kill()
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
     for node, output in zip(nodes, outputs):
         assert node.returncode == 0, output[-4000:]
     assert_same_training(root, 'nodes')
@@ -199,7 +225,16 @@ def _ddp_worker(rank, port, results):
 
 def test_experts_without_tokens_do_not_break_ddp():
     results = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(free_port(), results), nprocs=2)
+    workers = mp.spawn(_ddp_worker, args=(free_port(), results), nprocs=2,
+                       join=False)
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    # join returns False while a worker is still running; it raises if one
+    # failed.
+    while not workers.join(timeout=max(deadline - time.monotonic(), 0)):
+        if time.monotonic() >= deadline:
+            for worker in workers.processes:
+                worker.kill()
+            pytest.fail(f'the two DDP workers hung for {LAUNCH_TIMEOUT} s')
     grads = results[0]
     assert results[1] == grads
     assert grads[0] > 0 and grads[3] > 0 and grads[1] == grads[2] == 0
