@@ -17,17 +17,22 @@ def flops_tool():
     sys.path.remove(str(REPO_ROOT / 'benchmarks'))
 
 
-def test_shared_expert_costs_one_dense_ffn_per_moe_token(flops_tool):
+@pytest.fixture(scope='module')
+def paper_damex(flops_tool):
+    return flops_tool.build(DAMEX, [])
+
+
+def test_shared_expert_costs_one_dense_ffn_per_moe_token(flops_tool,
+                                                         paper_damex):
     """A full-width shared expert adds the dense FFN's FLOPs on the decoder
     tokens of the MoE layers; halving both widths brings DAMEX back to
     its own cost."""
-    damex = flops_tool.training_flops(flops_tool.build(DAMEX, []))
+    damex = flops_tool.training_flops(paper_damex)
     full = flops_tool.training_flops(flops_tool.build(DAMEX, SHARED))
     narrow = flops_tool.training_flops(flops_tool.build(DAMEX, SHARED + [
         'model.moe_cfg.shared_feedforward_channels=256',
         'model.moe_cfg.expert_feedforward_channels=256']))
-    model = flops_tool.build(DAMEX, [])
-    moe_layers = len(list(model.named_moe_layers()))
+    moe_layers = len(list(paper_damex.named_moe_layers()))
     # Training tokens of one decoder layer: the batch's matching and
     # denoising queries (their number depends on the boxes, so it is read
     # back from the FLOPs rather than assumed).
@@ -37,13 +42,12 @@ def test_shared_expert_costs_one_dense_ffn_per_moe_token(flops_tool):
     assert abs(narrow - damex) < 1e-3 * damex
 
 
-def test_reports_ratios_to_the_first_model(flops_tool, capsys):
+def test_reports_ratios_to_the_first_model(flops_tool, paper_damex, capsys):
     flops_tool.main(['--model', DAMEX, '--model', DAMEX, *SHARED])
     rows = capsys.readouterr().out.strip().splitlines()[2:]
     assert rows[0].endswith('| 1.000 | yes |')
     # The shared expert's two 256 x 512 weights and their biases in each MoE layer.
-    model = flops_tool.build(DAMEX, [])
-    moe_layers = len(list(model.named_moe_layers()))
+    moe_layers = len(list(paper_damex.named_moe_layers()))
     counts = [float(row.split(' | ')[2].rstrip('M')) * 1e6 for row in rows]
     assert counts[1] - counts[0] == pytest.approx(
         moe_layers * (2 * 256 * 512 + 512 + 256), abs=1e4)  # printed to 0.01M
