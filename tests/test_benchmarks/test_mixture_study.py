@@ -463,4 +463,4 @@ def test_the_pages_show_the_report_of_the_committed_runs():
             if line.startswith('| ') and f'(`{config}`)' in line:
                 assert f' {mean_ap.split("±")[0]} ' in line.replace('*', ' '), line
                 quoted += 1
-    assert quoted == 5
+    assert quoted == 6
