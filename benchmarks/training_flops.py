@@ -10,8 +10,8 @@ multiplications and convolutions as they run. An MoE layer is therefore
 charged for what its tokens did: with top-1 dropless routing each token runs
 exactly one expert, whatever the gate chose. Ops without a FLOP formula in
 torch (grid sampling in the deformable attention, element-wise ops) are not
-counted; they are the same in every model compared here. Issue 13's rule: a candidate must stay within 5% of
-dense DINO.
+counted; they are the same in every model compared here. Issue 13's rule:
+a candidate must stay within 5% of dense DINO.
 
 Usage:
     python benchmarks/training_flops.py \\

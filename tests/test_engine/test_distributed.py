@@ -1,5 +1,6 @@
 """Two CPU processes (gloo) through mmengine's launcher, on one node or on
 two, train like one."""
+import contextlib
 import json
 import os
 import shutil
@@ -80,7 +81,9 @@ def finish(process):
     try:
         output = process.communicate(timeout=LAUNCH_TIMEOUT)[0]
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        # Every process of the group may have exited since the timeout.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         output = process.communicate()[0]
         pytest.fail(f'{process.args} hung for {LAUNCH_TIMEOUT} s:\n'
                     + output[-4000:])
