@@ -715,9 +715,10 @@ def summarise(results, reference='damex'):
     for setting, by_run in results.items():
         names = SETTINGS[setting]['datasets']
         lines += [f'\n### {setting}: {", ".join(names)}\n',
-                  '| model | sampler | ' + ' | '.join(f'{n} AP' for n in names)
-                  + ' | mean AP | mean AP50 | routing acc | max expert load |',
-                  '|---' * (len(names) + 6) + '|']
+                  '| model | sampler | seeds | mean AP | mean AP50 | '
+                  + ' | '.join(f'{n} AP' for n in names)
+                  + ' | routing acc | max expert load |',
+                  '|---' * (len(names) + 7) + '|']
         for key, runs in by_run.items():
             def stat(metric):
                 values = [r[metric] for r in runs if metric in r]
@@ -728,10 +729,10 @@ def summarise(results, reference='damex'):
             load = f'{np.mean(loads):.2f}' if loads else 'n/a'
             model, sampler = key.split('/')
             lines.append(
-                f'| {model} | {sampler} | ' + ' | '.join(
-                    stat(f'mixture/{n}/AP') for n in names)
-                + f' | {stat("mixture/mean/AP")} | {stat("mixture/mean/AP50")}'
-                f' | {stat("routing/mean/acc")} | {load} |')
+                f'| {model} | {sampler} | {len(runs)} | '
+                f'{stat("mixture/mean/AP")} | {stat("mixture/mean/AP50")} | '
+                + ' | '.join(stat(f'mixture/{n}/AP') for n in names)
+                + f' | {stat("routing/mean/acc")} | {load} |')
         lines += dense_comparison(setting, by_run)
         lines += test_comparison(setting, by_run, reference)
     lines += growth_table(growth(results, reference), reference)

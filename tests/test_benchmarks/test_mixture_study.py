@@ -178,6 +178,26 @@ def test_test_split_compares_the_reference_with_every_model_by_seed():
     assert '+0.020 (seed 0) / -0.010 (seed 1)' in oracle
 
 
+def test_val_and_test_tables_put_their_columns_in_the_same_order():
+    def record(seed, ap):
+        metrics = {'mixture/mean/AP': ap, 'mixture/mean/AP50': ap + .2,
+                   'mixture/photo/AP': ap + .1, 'mixture/sketch/AP': ap - .1}
+        return dict(metrics, seed=seed, test=metrics)
+    results = {'labels': {'damex/temp2': [record(0, .5), record(1, .5)]}}
+    lines = study.summarise(results, reference='damex').splitlines()
+    val_header, test_header = (line for line in lines
+                               if line.startswith('| model '))
+    assert val_header.startswith(
+        '| model | sampler | seeds | mean AP | mean AP50 | photo AP | sketch AP |')
+    assert test_header == (
+        '| model (sampler) | seeds | mean AP | mean AP50 | photo AP | sketch AP |')
+    # The same runs give the same cells in the same places.
+    assert '| damex | temp2 | 2 | 0.500±0.000 | 0.700±0.000 | 0.600±0.000 | ' \
+        '0.400±0.000 | n/a | n/a |' in lines
+    assert '| damex (temp2) | 2 | 0.500±0.000 | 0.700±0.000 | 0.600±0.000 | ' \
+        '0.400±0.000 |' in lines
+
+
 def test_paired_interval_narrows_with_seeds():
     assert study.paired_interval([0.01]) == 'n/a'
     # Mean 0.02, std 0.01: t(0.975, 4) = 2.776 over 5 seeds, 12.706 over 2.
