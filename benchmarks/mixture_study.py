@@ -640,6 +640,18 @@ def dense_comparison(setting: str, by_run: dict) -> list:
     return lines
 
 
+def metric_header(names) -> str:
+    """The header cells every per-model table shares, in one order."""
+    return 'mean AP | mean AP50 | ' + ' | '.join(f'{n} AP' for n in names)
+
+
+def metric_cells(stat, names) -> str:
+    """The cells of :func:`metric_header`, each ``stat(metric)``."""
+    return ' | '.join(stat(metric) for metric in (
+        'mixture/mean/AP', 'mixture/mean/AP50',
+        *(f'mixture/{n}/AP' for n in names)))
+
+
 def test_comparison(setting: str, by_run: dict, reference: str) -> list:
     """Markdown lines: on the held-out test split, each model with the
     sampler chosen on val (:func:`best_samplers`), mean±std over its seeds;
@@ -654,16 +666,13 @@ def test_comparison(setting: str, by_run: dict, reference: str) -> list:
             if 'test' in r}
     lines = [f'\nTest split ({setting}; samplers chosen on val), each model '
              'over its seeds:\n',
-             '| model (sampler) | seeds | mean AP | mean AP50 | '
-             + ' | '.join(f'{n} AP' for n in names) + ' |',
+             f'| model (sampler) | seeds | {metric_header(names)} |',
              '|---' * (len(names) + 4) + '|']
 
     def means(label, tested):
         def stat(metric):
             return mean_std([t[metric] for t in tested])
-        return (f'| {label} | {len(tested)} | {stat("mixture/mean/AP")} | '
-                f'{stat("mixture/mean/AP50")} | '
-                + ' | '.join(stat(f'mixture/{n}/AP') for n in names) + ' |')
+        return f'| {label} | {len(tested)} | {metric_cells(stat, names)} |'
     for model, sampler in best.items():
         tested = [r['test'] for r in by_run[f'{model}/{sampler}']
                   if 'test' in r]
@@ -715,9 +724,8 @@ def summarise(results, reference='damex'):
     for setting, by_run in results.items():
         names = SETTINGS[setting]['datasets']
         lines += [f'\n### {setting}: {", ".join(names)}\n',
-                  '| model | sampler | seeds | mean AP | mean AP50 | '
-                  + ' | '.join(f'{n} AP' for n in names)
-                  + ' | routing acc | max expert load |',
+                  f'| model | sampler | seeds | {metric_header(names)} '
+                  '| routing acc | max expert load |',
                   '|---' * (len(names) + 7) + '|']
         for key, runs in by_run.items():
             def stat(metric):
@@ -730,9 +738,8 @@ def summarise(results, reference='damex'):
             model, sampler = key.split('/')
             lines.append(
                 f'| {model} | {sampler} | {len(runs)} | '
-                f'{stat("mixture/mean/AP")} | {stat("mixture/mean/AP50")} | '
-                + ' | '.join(stat(f'mixture/{n}/AP') for n in names)
-                + f' | {stat("routing/mean/acc")} | {load} |')
+                f'{metric_cells(stat, names)} | '
+                f'{stat("routing/mean/acc")} | {load} |')
         lines += dense_comparison(setting, by_run)
         lines += test_comparison(setting, by_run, reference)
     lines += growth_table(growth(results, reference), reference)
