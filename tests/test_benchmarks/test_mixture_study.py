@@ -446,15 +446,16 @@ def test_the_study_plots_the_stored_size_results(tmp_path, capsys):
 
 def test_the_pages_show_the_report_of_the_committed_runs():
     """benchmarks/README.md pastes the test-split tables of the committed
-    control runs and the size study's table, and the README quotes the
-    width-matched model's gain and each model's test AP: a
+    control runs (default and domains) and the size study's table, and the
+    README quotes the width-matched model's gain and each model's test AP: a
     number edited on a page, or runs re-stored without the page, fails."""
     runs = REPO_ROOT / 'benchmarks' / 'results' / 'demo_study_2026-12-03'
     stored = json.loads((runs / 'results.json').read_text())
 
-    def test_split_rows(reference):
-        report = study.summarise({'default': stored['default']}, reference)
-        tables = report[report.index('Test split'):report.index('The gain as the mixture')]
+    def test_split_rows(reference, setting='default'):
+        report = study.summarise({setting: stored[setting]}, reference)
+        end = report.find('The gain as the mixture')
+        tables = report[report.index('Test split'):end if end >= 0 else None]
         return [line for line in tables.splitlines()
                 if line.startswith('| ') and not line.startswith('| minus')]
 
@@ -462,6 +463,10 @@ def test_the_pages_show_the_report_of_the_committed_runs():
     rows = test_split_rows('damex')
     assert len(rows) >= 6
     assert [row for row in rows if row not in evidence] == []
+    # The controls on the domains setting.
+    domains_rows = test_split_rows('damex', 'domains')
+    assert len(domains_rows) >= 4
+    assert [row for row in domains_rows if row not in evidence] == []
     # The size study's table, every setting of the series.
     growth = study.growth_table(study.growth(stored, 'damex'), 'damex')
     assert growth[1] == '| minus | 2 datasets | 4 datasets | 6 datasets | 8 datasets |'
