@@ -453,10 +453,8 @@ def test_the_pages_show_the_report_of_the_committed_runs():
     stored = json.loads((runs / 'results.json').read_text())
 
     def test_split_rows(reference, setting='default'):
-        report = study.summarise({setting: stored[setting]}, reference)
-        end = report.find('The gain as the mixture')
-        tables = report[report.index('Test split'):end if end >= 0 else None]
-        return [line for line in tables.splitlines()
+        tables = study.test_comparison(setting, stored[setting], reference)
+        return [line for line in tables
                 if line.startswith('| ') and not line.startswith('| minus')]
 
     evidence = (REPO_ROOT / 'benchmarks' / 'README.md').read_text()
